@@ -1,0 +1,11 @@
+"""Test-wide setup.
+
+torch (a test-only reference) must be imported before TensorFlow: the CUDA build of torch 2.14 segfaults when
+it loads into a process that has already loaded TensorFlow 2.21, while the other order works.
+"""
+import os
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import torch  # noqa: E402,F401  (import order matters, see above)
+import torchvision  # noqa: E402,F401

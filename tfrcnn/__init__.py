@@ -1,0 +1,2 @@
+"""tfrcnn: Faster R-CNN and Mask R-CNN with FPN for TensorFlow 2 / Keras 3, designed as MMDetection designs them."""
+__version__ = "0.1.0"
