@@ -1,0 +1,93 @@
+"""RandomSampler (seed §2.5): a fixed-size, class-balanced random subset of the assigned boxes.
+
+MMDetection samples a variable number of boxes per image. Here the output always has `num` slots per image,
+with a validity mask, so that a batch keeps one static shape (DESIGN.md: shapes are static in training).
+"""
+import tensorflow as tf
+
+
+def add_gt_as_proposals(proposals, proposals_valid, gt_boxes, gt_valid):
+    """Prepends the gt boxes to the proposals (`add_gt_as_proposals=True`, used by the R-CNN stage).
+
+    Args:
+      proposals: [B, N, 4] in padded-input pixels; proposals_valid: bool [B, N].
+      gt_boxes: [B, M, 4] in the same frame; gt_valid: bool [B, M].
+    Returns:
+      boxes [B, M + N, 4] and valid bool [B, M + N], gt first, as MMDetection concatenates them.
+    """
+    boxes = tf.concat([tf.cast(gt_boxes, proposals.dtype), proposals], axis=1)
+    valid = tf.concat([tf.cast(gt_valid, tf.bool), tf.cast(proposals_valid, tf.bool)], axis=1)
+    return boxes, valid
+
+
+def assign_gt_proposals_to_themselves(gt_inds, matched, gt_valid):
+    """MMDetection's `AssignResult.add_gt_`: each prepended gt box is a positive of its own gt.
+
+    Args:
+      gt_inds, matched: int32 [B, M + N] from `max_iou_assign` over `add_gt_as_proposals` boxes.
+      gt_valid: bool [B, M]; padded gt slots become ignored.
+    Returns:
+      gt_inds, matched with the first M entries overwritten.
+    """
+    num_gt = tf.shape(gt_valid)[1]
+    own = tf.broadcast_to(tf.range(num_gt)[None], tf.shape(gt_valid))
+    head_inds = tf.where(tf.cast(gt_valid, tf.bool), own + 1, -1)
+    gt_inds = tf.concat([head_inds, gt_inds[:, num_gt:]], axis=1)
+    matched = tf.concat([own, matched[:, num_gt:]], axis=1)
+    return gt_inds, matched
+
+
+def _random_top(candidates, k, seed):
+    """Indices [B, k] of a uniformly random subset of the True entries of `candidates` [B, N], and their mask.
+
+    Random keys in [0, 1) for candidates and -1 for the rest: the top k keys are a uniform sample without
+    replacement of min(k, count) candidates, in random order, followed by non-candidates marked invalid.
+    """
+    keys = tf.where(candidates, tf.random.stateless_uniform(tf.shape(candidates), seed), -1.0)
+    values, indices = tf.math.top_k(keys, k=k, sorted=True)
+    return indices, values >= 0.0
+
+
+def random_sample(gt_inds, num, pos_fraction, seed, neg_pos_ub=-1):
+    """Samples up to `num` boxes per image, at most `int(num * pos_fraction)` of them positive.
+
+    Args:
+      gt_inds: int32 [B, N] from `max_iou_assign` (k > 0 positive, 0 negative, -1 ignored: never sampled).
+      num: sample slots per image (256 for the RPN, 512 for the R-CNN in the seed).
+      pos_fraction: the largest share of positives; negatives fill the rest of the `num` slots.
+      seed: int32/int64 tensor or tuple of shape [2] for the stateless RNG: the same seed gives the same sample.
+      neg_pos_ub: if >= 0, at most `int(neg_pos_ub * max(1, num_pos))` negatives (MMDetection's upper bound).
+    Returns:
+      indices: int32 [B, num] into the N boxes; positives first, then negatives, then padding (index 0).
+      valid: bool [B, num], True for the sampled slots.
+      positive: bool [B, num], True for sampled positives.
+    """
+    n = gt_inds.shape[1]
+    if n is None:
+        raise ValueError("random_sample: the number of boxes must be static")
+    seed = tf.convert_to_tensor(seed)
+    pos_seed, neg_seed = tf.unstack(tf.random.experimental.stateless_split(seed, 2))
+    num_pos_expected = min(int(num * pos_fraction), n)
+    pos_idx, pos_ok = _random_top(gt_inds > 0, num_pos_expected, pos_seed)
+    neg_idx, neg_ok = _random_top(tf.equal(gt_inds, 0), min(num, n), neg_seed)
+
+    num_pos = tf.reduce_sum(tf.cast(pos_ok, tf.int32), axis=1, keepdims=True)  # [B, 1]
+    num_neg = num - num_pos
+    if neg_pos_ub >= 0:
+        bound = tf.cast(tf.floor(neg_pos_ub * tf.cast(tf.maximum(num_pos, 1), tf.float32)), tf.int32)
+        num_neg = tf.minimum(num_neg, bound)
+    neg_ok &= tf.range(tf.shape(neg_idx)[1])[None, :] < num_neg
+
+    # Compact: valid positives, then valid negatives, in slot order; ranking by -position keeps that order.
+    indices = tf.concat([pos_idx, neg_idx], axis=1)
+    valid = tf.concat([pos_ok, neg_ok], axis=1)
+    positive = tf.concat([pos_ok, tf.zeros_like(neg_ok)], axis=1)
+    slots = indices.shape[1]
+    order_key = tf.where(valid, -tf.range(slots, dtype=tf.float32)[None, :], -float(slots + 1))
+    _, order = tf.math.top_k(order_key, k=min(num, slots), sorted=True)
+    indices, valid, positive = [tf.gather(t, order, batch_dims=1) for t in (indices, valid, positive)]
+    if slots < num:  # fewer boxes than slots: pad to the static size
+        pad = [[0, 0], [0, num - slots]]
+        indices, valid, positive = [tf.pad(t, pad) for t in (indices, valid, positive)]
+    indices = tf.where(valid, indices, 0)
+    return indices, valid, positive
