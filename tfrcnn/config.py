@@ -1,0 +1,790 @@
+"""Typed configuration: MMDetection's config tree as dataclasses, YAML with `_base_`, and overrides.
+
+A config is YAML whose keys are MMDetection's names (`model.rpn_head.anchor_generator.scales`,
+`train_cfg.rcnn.sampler.num`, `test_cfg.rcnn.score_thr`, ...). `load_config` reads a file, merges its
+`_base_` files the way MMDetection's `Config` does, applies `--params_override` strings (`a.b=c,d.e=f`)
+and validates the result against the dataclasses below. The defaults of the dataclasses are the
+seed article's Mask R-CNN R50-FPN 1x values, so `Config()` is that model.
+
+Validation is generic: it follows each field's type (`Literal` choices, `Optional`, `Union`, `Tuple`,
+nested dataclasses); the few checks on values live in each section's `_checks`. Every failure is a
+`ConfigError` whose message names the file (or override) that set the value and the dotted key.
+"""
+import copy
+import dataclasses
+import difflib
+import functools
+import os
+import re
+import types
+import typing
+from dataclasses import dataclass, field
+from typing import Literal, Optional, Tuple, Union
+
+import yaml
+
+OVERRIDE_SOURCE = "--params_override"
+
+
+class ConfigError(ValueError):
+    """A config that cannot be used; the message starts with `<file or override>: <dotted.key>: `."""
+
+
+def _sub(cls, **kwargs):
+    """A section-typed field whose default is a fresh `cls(**kwargs)` for every instance."""
+    return field(default_factory=lambda: cls(**copy.deepcopy(kwargs)))
+
+
+class _Section:
+    """Behaviour shared by every config dataclass."""
+
+    def _checks(self):
+        """Yields (key relative to this section, message) for values the field types cannot rule out."""
+        return ()
+
+    @classmethod
+    def from_dict(cls, d, source="<dict>"):
+        """Validates a plain nested dict (as read from YAML) into this section; raises ConfigError."""
+        return _build(cls, d, "", _Origins(source))
+
+    def to_dict(self):
+        """Plain nested dicts, lists and scalars: what YAML holds and `from_dict` takes back."""
+        return _plain(self)
+
+
+# ---------------------------------------------------------------------------------------------------
+# model
+# ---------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class NormCfg(_Section):
+    """`norm_cfg` of the backbone. A frozen BN is BN with `requires_grad: false` and `norm_eval: true`."""
+    type: Literal["BN", "GN"] = "BN"
+    requires_grad: bool = True
+    eps: float = 1.0e-5  # torchvision's COCO detection checkpoints use 0.0 (overwrite_eps on load)
+    num_groups: int = 32  # GN only
+
+
+@dataclass
+class BackboneCfg(_Section):
+    type: Literal["ResNet"] = "ResNet"
+    depth: Literal[18, 34, 50, 101] = 50
+    num_stages: int = 4
+    out_indices: Tuple[int, ...] = (0, 1, 2, 3)  # C2..C5, strides 4, 8, 16, 32
+    frozen_stages: int = 1  # stem + first stage keep their pretrained weights; -1 trains everything
+    norm_cfg: NormCfg = _sub(NormCfg)
+    norm_eval: bool = True  # BN running statistics stay the pretrained ones
+    style: Literal["pytorch", "caffe"] = "pytorch"  # stride on the 3x3 conv (pytorch) or the 1x1 (caffe)
+
+
+@dataclass
+class NeckCfg(_Section):
+    type: Literal["FPN"] = "FPN"
+    in_channels: Tuple[int, ...] = (256, 512, 1024, 2048)
+    out_channels: int = 256
+    num_outs: int = 5
+    start_level: int = 0
+    # False: P6 = max-pool(kernel 1, stride 2) of P5; otherwise a 3x3 stride-2 conv on C5 or on P5.
+    add_extra_convs: Literal[False, "on_input", "on_output"] = False
+
+
+@dataclass
+class AnchorGeneratorCfg(_Section):
+    type: Literal["AnchorGenerator"] = "AnchorGenerator"
+    scales: Optional[Tuple[float, ...]] = (8.0,)  # multiples of the base size: 8 * stride 4 = 32 px on P2
+    ratios: Tuple[float, ...] = (0.5, 1.0, 2.0)  # h / w
+    strides: Tuple[int, ...] = (4, 8, 16, 32, 64)
+    base_sizes: Optional[Tuple[int, ...]] = None  # null: the strides
+    octave_base_scale: Optional[float] = None  # with scales_per_octave, instead of scales (RetinaNet)
+    scales_per_octave: Optional[int] = None
+    center_offset: float = 0.0  # anchor centres at (i + center_offset) * stride
+    scale_major: bool = True
+    round_base_anchors: bool = False  # torchvision rounds base anchors to integers (half to even)
+    strides_from_feature_size: bool = False  # torchvision: stride = padded size // feature size
+
+    def _checks(self):
+        octave = (self.octave_base_scale is not None, self.scales_per_octave is not None)
+        if octave[0] != octave[1]:
+            yield "octave_base_scale", "octave_base_scale and scales_per_octave are set together"
+        elif (self.scales is not None) == all(octave):
+            yield "scales", "give either scales or octave_base_scale + scales_per_octave (set the other to null)"
+        if self.base_sizes is not None and len(self.base_sizes) != len(self.strides):
+            yield "base_sizes", f"{len(self.base_sizes)} base sizes for {len(self.strides)} strides"
+
+
+@dataclass
+class BBoxCoderCfg(_Section):
+    type: Literal["DeltaXYWHBBoxCoder"] = "DeltaXYWHBBoxCoder"
+    target_means: Tuple[float, float, float, float] = (0.0, 0.0, 0.0, 0.0)  # (dx, dy, dw, dh)
+    target_stds: Tuple[float, float, float, float] = (1.0, 1.0, 1.0, 1.0)  # torchvision weights = 1 / stds
+    wh_ratio_clip: float = 0.016  # dw, dh are bounded by |log(wh_ratio_clip)| = log(1000 / 16)
+    delta_clamp: Literal["both", "above"] = "both"  # MMDetection bounds both sides, torchvision only above
+
+
+@dataclass
+class CrossEntropyLossCfg(_Section):
+    type: Literal["CrossEntropyLoss"] = "CrossEntropyLoss"
+    use_sigmoid: bool = False  # binary cross-entropy per class (RPN objectness) instead of softmax
+    use_mask: bool = False  # per-pixel binary cross-entropy on the gt class's mask channel
+    loss_weight: float = 1.0
+
+    def _checks(self):
+        if self.use_sigmoid and self.use_mask:
+            yield "use_mask", "use_sigmoid and use_mask cannot both be true"
+
+
+@dataclass
+class BBoxLossCfg(_Section):
+    type: Literal["L1Loss", "SmoothL1Loss"] = "L1Loss"
+    beta: float = 1.0  # SmoothL1Loss only; torchvision uses 1/9
+    loss_weight: float = 1.0
+
+
+@dataclass
+class RPNHeadCfg(_Section):
+    type: Literal["RPNHead"] = "RPNHead"
+    in_channels: int = 256
+    feat_channels: int = 256
+    anchor_generator: AnchorGeneratorCfg = _sub(AnchorGeneratorCfg)
+    bbox_coder: BBoxCoderCfg = _sub(BBoxCoderCfg)
+    loss_cls: CrossEntropyLossCfg = _sub(CrossEntropyLossCfg, use_sigmoid=True)
+    loss_bbox: BBoxLossCfg = _sub(BBoxLossCfg)
+
+
+@dataclass
+class RoILayerCfg(_Section):
+    type: Literal["RoIAlign", "RoIPool"] = "RoIAlign"
+    output_size: int = 7
+    sampling_ratio: int = 2  # RoIAlign samples per bin and axis
+    aligned: bool = True  # shift by -0.5 px (MMDetection); torchvision's detectors use false
+
+    def _checks(self):
+        if self.sampling_ratio < 1:
+            yield "sampling_ratio", (
+                f"must be >= 1, got {self.sampling_ratio}: adaptive sampling (0) needs a per-RoI sample "
+                "count, which static shapes cannot have; use 2 (torchvision / Detectron2)")
+
+
+@dataclass
+class RoIExtractorCfg(_Section):
+    type: Literal["SingleRoIExtractor"] = "SingleRoIExtractor"
+    roi_layer: RoILayerCfg = _sub(RoILayerCfg)
+    out_channels: int = 256
+    featmap_strides: Tuple[int, ...] = (4, 8, 16, 32)  # P2..P5: RoIs never use P6
+    finest_scale: int = 56  # level = floor(log2(sqrt(area) / 56 + 1e-6)), clamped to the levels
+
+
+@dataclass
+class BBoxHeadCfg(_Section):
+    type: Literal["Shared2FCBBoxHead"] = "Shared2FCBBoxHead"
+    in_channels: int = 256
+    fc_out_channels: int = 1024
+    roi_feat_size: int = 7
+    num_classes: int = 80  # without background
+    bbox_coder: BBoxCoderCfg = _sub(BBoxCoderCfg, target_stds=(0.1, 0.1, 0.2, 0.2))
+    reg_class_agnostic: bool = False  # false: 4 * num_classes regression outputs
+    loss_cls: CrossEntropyLossCfg = _sub(CrossEntropyLossCfg)
+    loss_bbox: BBoxLossCfg = _sub(BBoxLossCfg)
+
+
+@dataclass
+class MaskHeadCfg(_Section):
+    type: Literal["FCNMaskHead"] = "FCNMaskHead"
+    num_convs: int = 4
+    in_channels: int = 256
+    conv_out_channels: int = 256
+    num_classes: int = 80
+    loss_mask: CrossEntropyLossCfg = _sub(CrossEntropyLossCfg, use_mask=True)
+
+
+@dataclass
+class RoIHeadCfg(_Section):
+    type: Literal["StandardRoIHead"] = "StandardRoIHead"
+    bbox_roi_extractor: RoIExtractorCfg = _sub(RoIExtractorCfg)
+    bbox_head: BBoxHeadCfg = _sub(BBoxHeadCfg)
+    mask_roi_extractor: Optional[RoIExtractorCfg] = _sub(RoIExtractorCfg, roi_layer=RoILayerCfg(output_size=14))
+    mask_head: Optional[MaskHeadCfg] = _sub(MaskHeadCfg)
+
+    def _checks(self):
+        if self.bbox_head.roi_feat_size != self.bbox_roi_extractor.roi_layer.output_size:
+            yield "bbox_head.roi_feat_size", (
+                f"{self.bbox_head.roi_feat_size} differs from bbox_roi_extractor.roi_layer.output_size "
+                f"{self.bbox_roi_extractor.roi_layer.output_size}")
+        if self.mask_head is not None and self.mask_head.num_classes != self.bbox_head.num_classes:
+            yield "mask_head.num_classes", (
+                f"{self.mask_head.num_classes} differs from bbox_head.num_classes {self.bbox_head.num_classes}")
+
+
+@dataclass
+class ModelCfg(_Section):
+    type: Literal["MaskRCNN", "FasterRCNN"] = "MaskRCNN"
+    pretrained: Optional[str] = "torchvision://resnet50"  # torchvision's ImageNet ResNet-50
+    backbone: BackboneCfg = _sub(BackboneCfg)
+    neck: NeckCfg = _sub(NeckCfg)
+    rpn_head: RPNHeadCfg = _sub(RPNHeadCfg)
+    roi_head: RoIHeadCfg = _sub(RoIHeadCfg)
+
+    @property
+    def with_mask(self):
+        return self.type == "MaskRCNN"
+
+    def _checks(self):
+        for name in ("mask_roi_extractor", "mask_head"):
+            present = getattr(self.roi_head, name) is not None
+            if present and not self.with_mask:
+                yield f"roi_head.{name}", f"model.type {self.type} has no mask branch: set it to null"
+            if not present and self.with_mask:
+                yield f"roi_head.{name}", f"model.type {self.type} needs it (null is for FasterRCNN)"
+
+
+# ---------------------------------------------------------------------------------------------------
+# train_cfg / test_cfg
+# ---------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class AssignerCfg(_Section):
+    type: Literal["MaxIoUAssigner"] = "MaxIoUAssigner"
+    pos_iou_thr: float = 0.7
+    neg_iou_thr: Union[float, Tuple[float, float]] = 0.3  # a [lo, hi) pair makes negatives an IoU band
+    min_pos_iou: float = 0.3  # a gt's best match is positive if at least this (match_low_quality)
+    match_low_quality: bool = True
+    gt_max_assign_all: bool = True  # all candidates tied for a gt's best IoU get that gt
+    ignore_iof_thr: float = -1.0  # -1: no ignore regions
+    ignore_wrt_candidates: bool = True
+
+
+@dataclass
+class SamplerCfg(_Section):
+    type: Literal["RandomSampler"] = "RandomSampler"
+    num: int = 256  # samples per image, positives + negatives
+    pos_fraction: float = 0.5
+    neg_pos_ub: float = -1.0  # at most neg_pos_ub negatives per positive; -1: no bound
+    add_gt_as_proposals: bool = False
+
+
+@dataclass
+class RPNTrainCfg(_Section):
+    assigner: AssignerCfg = _sub(AssignerCfg)
+    sampler: SamplerCfg = _sub(SamplerCfg)
+    allowed_border: int = -1  # -1: anchors crossing the image border are trained too
+    pos_weight: float = -1.0  # -1: positives weigh 1
+
+
+@dataclass
+class ProposalCfg(_Section):
+    nms_pre: int = 2000  # top-k per level before NMS
+    max_per_img: int = 1000  # proposals kept per image after NMS
+    nms_thr: float = 0.7
+    min_bbox_size: float = 0.0
+    nms_across_levels: bool = False
+
+
+@dataclass
+class RCNNTrainCfg(_Section):
+    # Mask R-CNN's as in MMDetection's mask_rcnn_r50_fpn; Faster R-CNN's base sets match_low_quality false.
+    assigner: AssignerCfg = _sub(AssignerCfg, pos_iou_thr=0.5, neg_iou_thr=0.5, min_pos_iou=0.5)
+    sampler: SamplerCfg = _sub(SamplerCfg, num=512, pos_fraction=0.25, add_gt_as_proposals=True)
+    mask_size: int = 28
+    pos_weight: float = -1.0
+
+
+@dataclass
+class TrainCfg(_Section):
+    rpn: RPNTrainCfg = _sub(RPNTrainCfg)
+    rpn_proposal: ProposalCfg = _sub(ProposalCfg)
+    rcnn: RCNNTrainCfg = _sub(RCNNTrainCfg)
+
+
+@dataclass
+class NMSCfg(_Section):
+    type: Literal["nms"] = "nms"
+    iou_threshold: float = 0.5
+
+
+@dataclass
+class RCNNTestCfg(_Section):
+    score_thr: float = 0.05
+    nms: NMSCfg = _sub(NMSCfg)
+    max_per_img: int = 100
+    mask_thr_binary: float = 0.5
+
+
+@dataclass
+class TestCfg(_Section):
+    __test__ = False  # not a pytest test class despite its name
+    rpn: ProposalCfg = _sub(ProposalCfg, nms_pre=1000, max_per_img=1000)
+    rcnn: RCNNTestCfg = _sub(RCNNTestCfg)
+
+
+# ---------------------------------------------------------------------------------------------------
+# data, schedule, runtime
+# ---------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class ImgNormCfg(_Section):
+    mean: Tuple[float, float, float] = (123.675, 116.28, 103.53)  # ImageNet RGB mean in 0..255
+    std: Tuple[float, float, float] = (58.395, 57.12, 57.375)
+    to_rgb: bool = True
+
+
+@dataclass
+class DatasetCfg(_Section):
+    type: Literal["CocoDataset"] = "CocoDataset"
+    ann_file: Optional[str] = None
+    img_prefix: Optional[str] = None
+    tfrecord: Optional[str] = None  # a file pattern (glob) of TFRecord shards
+
+
+@dataclass
+class DataCfg(_Section):
+    samples_per_gpu: int = 2
+    workers_per_gpu: int = 2
+    img_scale: Tuple[int, int] = (1333, 800)  # (long side max, short side max) as MMDetection
+    keep_ratio: bool = True
+    flip_ratio: float = 0.5
+    size_divisor: int = 32
+    img_norm_cfg: ImgNormCfg = _sub(ImgNormCfg)
+    max_instances: int = 100  # gt boxes per image are padded (or cut) to this
+    mask_crop_size: int = 112  # gt masks are stored cropped to their boxes at this size
+    train: DatasetCfg = _sub(DatasetCfg, ann_file="data/coco/annotations/instances_train2017.json",
+                             img_prefix="data/coco/train2017/", tfrecord="data/coco/tfrecord/train-*.tfrecord")
+    val: DatasetCfg = _sub(DatasetCfg, ann_file="data/coco/annotations/instances_val2017.json",
+                           img_prefix="data/coco/val2017/", tfrecord="data/coco/tfrecord/val-*.tfrecord")
+    test: DatasetCfg = _sub(DatasetCfg, ann_file="data/coco/annotations/instances_val2017.json",
+                            img_prefix="data/coco/val2017/", tfrecord="data/coco/tfrecord/val-*.tfrecord")
+
+
+@dataclass
+class ParamwiseCfg(_Section):
+    norm_decay_mult: float = 1.0
+    bias_decay_mult: float = 1.0
+
+
+@dataclass
+class OptimizerCfg(_Section):
+    type: Literal["SGD"] = "SGD"
+    lr: float = 0.02  # for 16 images per step (8 GPUs x 2)
+    momentum: float = 0.9
+    weight_decay: float = 1.0e-4
+    paramwise_cfg: ParamwiseCfg = _sub(ParamwiseCfg)
+
+
+@dataclass
+class GradClipCfg(_Section):
+    max_norm: float
+    norm_type: float = 2.0
+
+
+@dataclass
+class OptimizerHookCfg(_Section):
+    grad_clip: Optional[GradClipCfg] = None
+
+
+@dataclass
+class LrCfg(_Section):
+    policy: Literal["step"] = "step"
+    warmup: Optional[Literal["linear", "constant"]] = "linear"
+    warmup_iters: int = 500
+    warmup_ratio: float = 0.001
+    step: Tuple[int, ...] = (8, 11)  # epochs after which lr *= gamma
+    gamma: float = 0.1
+
+
+@dataclass
+class RunnerCfg(_Section):
+    type: Literal["EpochBasedRunner"] = "EpochBasedRunner"
+    max_epochs: int = 12
+
+
+@dataclass
+class CheckpointCfg(_Section):
+    interval: int = 1  # epochs
+    max_keep: int = 5
+
+
+@dataclass
+class LogCfg(_Section):
+    interval: int = 50  # iterations
+
+
+@dataclass
+class EvaluationCfg(_Section):
+    interval: int = 1  # epochs
+    metric: Tuple[Literal["bbox", "segm"], ...] = ("bbox", "segm")
+
+
+@dataclass
+class Config(_Section):
+    """The whole tree; `Config()` is the seed's Mask R-CNN R50-FPN 1x on COCO."""
+    model: ModelCfg = _sub(ModelCfg)
+    train_cfg: TrainCfg = _sub(TrainCfg)
+    test_cfg: TestCfg = _sub(TestCfg)
+    data: DataCfg = _sub(DataCfg)
+    optimizer: OptimizerCfg = _sub(OptimizerCfg)
+    optimizer_config: OptimizerHookCfg = _sub(OptimizerHookCfg)
+    lr_config: LrCfg = _sub(LrCfg)
+    runner: RunnerCfg = _sub(RunnerCfg)
+    checkpoint_config: CheckpointCfg = _sub(CheckpointCfg)
+    log_config: LogCfg = _sub(LogCfg)
+    evaluation: EvaluationCfg = _sub(EvaluationCfg)
+    load_from: Optional[str] = None  # a checkpoint to start from (weights only)
+    resume_from: Optional[str] = None  # a checkpoint to resume (weights, optimizer, epoch)
+
+    def _checks(self):
+        if "segm" in self.evaluation.metric and not self.model.with_mask:
+            yield "evaluation.metric", f"'segm' needs a mask branch, which {self.model.type} has not"
+
+
+# ---------------------------------------------------------------------------------------------------
+# validation: dict tree -> dataclasses, driven by the field types
+# ---------------------------------------------------------------------------------------------------
+
+
+class _Origins:
+    """Which file (or override) set each dotted key, so that an error points where the value came from."""
+
+    def __init__(self, default, by_key=None):
+        self.default = default
+        self.by_key = {} if by_key is None else by_key
+
+    def error(self, key, message):
+        if not key:
+            return ConfigError(f"{self.default}: {message}")
+        parts = re.sub(r"\[\d+\]", "", key).split(".")
+        for n in range(len(parts), 0, -1):
+            source = self.by_key.get(".".join(parts[:n]))
+            if source is not None:
+                break
+        else:
+            source = self.default
+        return ConfigError(f"{source}: {key}: {message}")
+
+
+@functools.lru_cache(maxsize=None)
+def _hints(cls):
+    return typing.get_type_hints(cls)
+
+
+def _join(key, name):
+    return f"{key}.{name}" if key else str(name)
+
+
+def _did_you_mean(name, candidates):
+    close = difflib.get_close_matches(str(name), [str(c) for c in candidates], n=1)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+def _unknown_key(name, known):
+    return "unknown key" + (_did_you_mean(name, known) or f" (known: {', '.join(known)})")
+
+
+def _scalar(value):
+    """A Literal choice as YAML spells it: 'pytorch', false, 50."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return repr(value)
+
+
+def _show(value):
+    """The value as an error message shows it: its YAML-ish type and a short repr."""
+    if value is None:
+        return "null"
+    kind = {dict: "mapping", list: "list", tuple: "list"}.get(type(value), type(value).__name__)
+    text = repr(value)
+    return f"{kind} {text if len(text) <= 60 else text[:57] + '...'}"
+
+
+def _is_union(tp):
+    return typing.get_origin(tp) in (Union, types.UnionType)
+
+
+def _describe(tp):
+    """A type as a message names it: int, [float, float], 'linear' or 'constant' or null, mapping, ..."""
+    if dataclasses.is_dataclass(tp):
+        return "mapping"
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if _is_union(tp):
+        return " or ".join("null" if a is type(None) else _describe(a) for a in args)
+    if origin is Literal:
+        return " or ".join(_scalar(a) for a in args)
+    if origin is tuple:
+        if len(args) == 2 and args[1] is Ellipsis:
+            return f"[{_describe(args[0])}, ...]"
+        return f"[{', '.join(_describe(a) for a in args)}]"
+    return tp.__name__
+
+
+def _convert(tp, value, key, origins):
+    """`value` (from YAML) checked against type `tp` and converted (lists → tuples, int → float)."""
+    if dataclasses.is_dataclass(tp):
+        return _build(tp, value, key, origins)
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if _is_union(tp):
+        if value is None and type(None) in args:
+            return None
+        arms = [a for a in args if a is not type(None)]
+        if len(arms) == 1 and value is not None:  # Optional[X]: X's own message is the precise one
+            return _convert(arms[0], value, key, origins)
+        for arm in arms:
+            try:
+                return _convert(arm, value, key, origins)
+            except ConfigError:
+                pass
+    elif origin is Literal:
+        # Exact type match: YAML's `true` must not pass for 1, nor 1 for `true`.
+        if any(type(value) is type(a) and value == a for a in args):
+            return value
+        kinds = {type(a) for a in args}
+        if len(kinds) == 1 and type(value) not in kinds:
+            raise origins.error(key, f"expected {next(iter(kinds)).__name__}, got {_show(value)}")
+        hint = _did_you_mean(value, [a for a in args if isinstance(a, str)]) if isinstance(value, str) else ""
+        raise origins.error(key, f"expected one of {', '.join(map(_scalar, args))}, got {_show(value)}{hint}")
+    elif origin is tuple:
+        if isinstance(value, (list, tuple)):
+            if len(args) == 2 and args[1] is Ellipsis:
+                args = (args[0],) * len(value)
+            if len(args) == len(value):
+                return tuple(_convert(a, v, f"{key}[{i}]", origins) for i, (a, v) in enumerate(zip(args, value)))
+    elif tp is float:
+        if type(value) in (int, float):
+            return float(value)
+    elif tp in (bool, int, str):
+        if type(value) is tp:  # bool is an int subclass: `type() is` keeps `true` out of int fields
+            return value
+    else:
+        raise TypeError(f"config field {key}: unsupported annotation {tp!r}")
+    raise origins.error(key, f"expected {_describe(tp)}, got {_show(value)}")
+
+
+def _build(cls, value, key, origins):
+    """A plain dict validated into the dataclass `cls`: unknown, missing and mistyped keys are errors."""
+    if not isinstance(value, dict):
+        raise origins.error(key, f"expected a mapping, got {_show(value)}")
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    for name in value:
+        if name not in fields:
+            raise origins.error(_join(key, name), _unknown_key(name, list(fields)))
+    kwargs = {}
+    for name, f in fields.items():
+        if name in value:
+            kwargs[name] = _convert(_hints(cls)[name], value[name], _join(key, name), origins)
+        elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
+            raise origins.error(_join(key, name), "required key is missing")
+    obj = cls(**kwargs)
+    for name, message in obj._checks():
+        raise origins.error(_join(key, name), message)
+    return obj
+
+
+def _plain(value):
+    if dataclasses.is_dataclass(value):
+        return {f.name: _plain(getattr(value, f.name)) for f in dataclasses.fields(value)}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return value
+
+
+# ---------------------------------------------------------------------------------------------------
+# YAML: reading, `_base_` and `_delete_`, overrides, dumping
+# ---------------------------------------------------------------------------------------------------
+
+
+class _Loader(yaml.SafeLoader):
+    """yaml.SafeLoader that reads `1e-5` as a float (YAML 1.1 wants `1.0e-5`) and rejects duplicate keys."""
+
+    def construct_mapping(self, node, deep=False):
+        seen = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"duplicate key {key!r}", key_node.start_mark)
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)
+
+
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float", re.compile(r"^[-+]?[0-9][0-9_]*(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"),
+    list("-+0123456789"))
+
+
+class _Dumper(yaml.SafeDumper):
+    """Lists in flow style (`[4, 8, 16]`), mappings in block style."""
+
+
+_Dumper.add_representer(list, lambda d, v: d.represent_sequence("tag:yaml.org,2002:seq", v, flow_style=True))
+
+
+def _read_yaml(path):
+    try:
+        with open(path, encoding="utf-8") as f:
+            tree = yaml.load(f, Loader=_Loader)
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path}: invalid YAML: {e}") from None
+    if tree is None:
+        return {}
+    if not isinstance(tree, dict):
+        raise ConfigError(f"{path}: expected a mapping at the top level, got {_show(tree)}")
+    return tree
+
+
+def _merge(base, child, source, origins, prefix=""):
+    """`child` merged onto `base` (new dicts): dicts merge recursively, other values replace.
+
+    A dict in `child` with `_delete_: true` replaces the inherited dict instead. Each key `child` sets is
+    recorded in `origins` (dotted key → `source`) when `origins` is given.
+    """
+    out = dict(base)
+    for name, value in child.items():
+        key = _join(prefix, name)
+        if isinstance(value, dict):
+            value = dict(value)
+            delete = value.pop("_delete_", False)
+            if not isinstance(delete, bool):
+                raise ConfigError(f"{source}: {key}._delete_: expected bool, got {_show(delete)}")
+            inherited = out.get(name) if isinstance(out.get(name), dict) and not delete else {}
+            value = _merge(inherited, value, source, origins, key)
+        out[name] = value
+        if origins is not None:
+            origins[key] = source
+    return out
+
+
+def _load_tree(path, chain, origins):
+    """The merged dict of `path` and its `_base_` files; `chain` lists the files that include this one."""
+    chain = chain + [path]
+    tree = _read_yaml(path)
+    bases = tree.pop("_base_", [])
+    if isinstance(bases, str):
+        bases = [bases]
+    if not isinstance(bases, list) or not all(isinstance(b, str) for b in bases):
+        raise ConfigError(f"{path}: _base_: expected a path or a list of paths, got {_show(bases)}")
+    merged = {}
+    for base in bases:
+        base_path = os.path.normpath(os.path.join(os.path.dirname(path), base))
+        if not os.path.isfile(base_path):
+            raise ConfigError(f"{path}: _base_ file not found: {os.path.abspath(base_path)}")
+        reals = [os.path.realpath(p) for p in chain]
+        if os.path.realpath(base_path) in reals:
+            cycle = chain[reals.index(os.path.realpath(base_path)):] + [base_path]
+            raise ConfigError(f"{path}: _base_ cycle: {' -> '.join(cycle)}")
+        # Bases load (and record origins) in merge order, so the last writer of a key is its origin.
+        merged = _merge(merged, _load_tree(base_path, chain, origins), path, None)
+    return _merge(merged, tree, path, origins)
+
+
+def _split_overrides(text):
+    """Splits `a=1,b=[1, 2],c='x,y'` at the commas outside brackets and quotes."""
+    items, depth, quote, start = [], 0, None, 0
+    for i, ch in enumerate(text):
+        if quote:
+            quote = None if ch == quote else quote
+        elif ch in "'\"":
+            quote = ch
+        elif ch in "[{(":
+            depth += 1
+        elif ch in "]})":
+            depth -= 1
+        elif ch == "," and depth == 0:
+            items.append(text[start:i])
+            start = i + 1
+    items.append(text[start:])
+    return [item.strip() for item in items if item.strip()]
+
+
+def _section_type(tp):
+    """The dataclass behind a field type (`X` or `Optional[X]`), or None for a leaf."""
+    if dataclasses.is_dataclass(tp):
+        return tp
+    if _is_union(tp):
+        inner = [a for a in typing.get_args(tp) if dataclasses.is_dataclass(a)]
+        return inner[0] if len(inner) == 1 else None
+    return None
+
+
+def apply_overrides(tree, overrides, source=OVERRIDE_SOURCE, schema=Config, origins=None):
+    """A copy of the dict `tree` with `overrides` applied.
+
+    Args:
+      tree: nested dict, e.g. a YAML file with its `_base_` merged.
+      overrides: `a.b=c,d.e=f` (or a list of such strings). Values are YAML (`0.5`, `true`, `null`,
+        `[1333, 800]`, `{max_norm: 35}`, strings); commas inside brackets or quotes do not split.
+        A mapping value merges into the existing section, as a `_base_` child would.
+      source: names the overrides in error messages.
+      schema: the dataclass the keys must exist in; an unknown key is a ConfigError naming it.
+      origins: optional dict (dotted key → source) updated with the keys set here.
+    """
+    tree = copy.deepcopy(tree)
+    if not isinstance(overrides, str):
+        for item in overrides:
+            tree = apply_overrides(tree, item, source, schema, origins)
+        return tree
+    for item in _split_overrides(overrides):
+        dotted, eq, text = item.partition("=")
+        dotted = dotted.strip()
+        if not eq or not dotted:
+            raise ConfigError(f"{source}: {item!r}: expected key=value")
+        try:
+            value = yaml.load(text, Loader=_Loader)
+        except yaml.YAMLError as e:
+            raise ConfigError(f"{source}: {dotted}: value {text!r} is not valid YAML: {e}") from None
+        node, cls, parts = tree, schema, dotted.split(".")
+        for i, name in enumerate(parts):
+            key = ".".join(parts[: i + 1])
+            if cls is None:
+                raise ConfigError(f"{source}: {key}: unknown key ({'.'.join(parts[:i])} is a value, not a section)")
+            hints = _hints(cls)
+            if name not in hints:
+                raise ConfigError(f"{source}: {key}: {_unknown_key(name, list(hints))}")
+            if i == len(parts) - 1:
+                if isinstance(value, dict):
+                    value = _merge(node.get(name) if isinstance(node.get(name), dict) else {}, value, source,
+                                   origins, key)
+                node[name] = value
+                if origins is not None:
+                    origins[key] = source
+            else:
+                cls = _section_type(hints[name])
+                if not isinstance(node.get(name), dict):
+                    node[name] = {}  # e.g. a null optional section (grad_clip) that the override fills in
+                    if origins is not None:
+                        origins[key] = source
+                node = node[name]
+    return tree
+
+
+def load_config(path, overrides=None):
+    """Reads the YAML config at `path`, resolves `_base_`, applies `overrides` and validates.
+
+    Args:
+      path: a YAML file; its `_base_` (a path or list of paths, relative to the file) merge first, left
+        to right, then the file itself.
+      overrides: optional `a.b=c,d.e=f` string (or list of them), as `--params_override` takes.
+    Returns:
+      The `Config`. Raises `ConfigError` naming the file (or override) and dotted key of any problem.
+    """
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise ConfigError(f"{path}: config file not found: {os.path.abspath(path)}")
+    by_key = {}
+    tree = _load_tree(path, [], by_key)
+    if overrides:
+        tree = apply_overrides(tree, overrides, origins=by_key)
+    return _build(Config, tree, "", _Origins(path, by_key))
+
+
+def dump_config(cfg):
+    """The resolved config as YAML text; `load_config` of it gives back an equal `Config`."""
+    header = "# Resolved tfrcnn config: every value the run used, base files merged in.\n"
+    return header + yaml.dump(cfg.to_dict(), Dumper=_Dumper, sort_keys=False, default_flow_style=False, width=110)
+
+
+def save_config(cfg, path):
+    """Writes `dump_config(cfg)` to `path` (e.g. next to the checkpoints), creating its directory."""
+    path = os.fspath(path)
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    with open(path, "w", encoding="utf-8") as f:
+        f.write(dump_config(cfg))
