@@ -1,0 +1,179 @@
+"""The foundation demonstration: every detection op of a two-stage detector, on one synthetic image.
+
+It reads a config (default: the seed's Mask R-CNN R50-FPN 1x), draws three shapes with instance masks,
+and runs the ops in the order a Mask R-CNN uses them: anchors → RPN assignment and sampling → proposals →
+R-CNN assignment and sampling → multilevel RoIAlign → mask targets → class-aware NMS → mask pasting.
+There is no network yet: the RPN and R-CNN "predictions" are the gt-derived ideal ones plus noise, which is
+enough to show what each op does with the config's values. The picture goes to `--output_dir/demo.png`.
+
+    python scripts/demo_ops.py --output_dir demo_out
+"""
+import math
+import os
+
+import numpy as np
+import tensorflow as tf
+from absl import app, flags
+from PIL import Image, ImageDraw
+
+import tfrcnn
+from tfrcnn.ops import anchors as anchors_lib
+from tfrcnn.ops.assign import max_iou_assign
+from tfrcnn.ops.boxes import clip_boxes, decode_boxes, encode_boxes, pairwise_iou
+from tfrcnn.ops.masks import mask_targets, paste_masks
+from tfrcnn.ops.nms import multiclass_nms, multilevel_proposals
+from tfrcnn.ops.roi_align import multilevel_roi_align
+from tfrcnn.ops.sample import add_gt_as_proposals, assign_gt_proposals_to_themselves, random_sample
+
+flags.DEFINE_string("config_file", "configs/mask_rcnn_r50_fpn_1x_coco.yaml", "Config to take the ops' settings from.")
+flags.DEFINE_string("params_override", None, "Overrides as a.b=c,d.e=f.")
+flags.DEFINE_integer("image_size", 320, "Side of the square synthetic image, a multiple of 64.")
+flags.DEFINE_string("output_dir", "demo_out", "Where demo.png and config.yaml go.")
+flags.DEFINE_integer("seed", 0, "Random seed of the scene and the noise.")
+FLAGS = flags.FLAGS
+
+
+def synthetic_scene(size, rng):
+    """An RGB image [size, size, 3] uint8 with a rectangle, an ellipse and a triangle; their boxes
+    [3, 4] ([y1, x1, y2, x2] pixels), classes [3] (1..3) and full-image masks [3, size, size]."""
+    image = Image.fromarray(rng.integers(90, 140, (size, size, 3), dtype=np.uint8))
+    boxes, masks = [], []
+    for kind, (y, x, h, w) in enumerate([(0.1, 0.1, 0.35, 0.5), (0.45, 0.15, 0.4, 0.3), (0.3, 0.55, 0.5, 0.35)]):
+        y1, x1, y2, x2 = [int(v * size) for v in (y, x, y + h, x + w)]
+        mask = Image.new("L", (size, size))
+        shape = [(x1, y1), (x2 - 1, y2 - 1)]
+        draw = ImageDraw.Draw(mask)
+        if kind == 0:
+            draw.rectangle(shape, fill=1)
+        elif kind == 1:
+            draw.ellipse(shape, fill=1)
+        else:
+            draw.polygon([(x1, y2 - 1), ((x1 + x2) // 2, y1), (x2 - 1, y2 - 1)], fill=1)
+        mask = np.asarray(mask, np.float32)
+        color = tuple(int(c) for c in rng.integers(0, 256, 3))
+        image.paste(Image.new("RGB", (size, size), color), mask=Image.fromarray((mask * 255).astype(np.uint8)))
+        ys, xs = np.nonzero(mask)
+        boxes.append([ys.min(), xs.min(), ys.max() + 1, xs.max() + 1])
+        masks.append(mask)
+    return np.asarray(image), np.asarray(boxes, np.float32), np.arange(1, 4, dtype=np.int32), np.stack(masks)
+
+
+def line(stage, text):
+    print(f"  {stage:<28} {text}")
+
+
+def main(_):
+    cfg = tfrcnn.load_config(FLAGS.config_file, FLAGS.params_override)
+    os.makedirs(FLAGS.output_dir, exist_ok=True)
+    tfrcnn.config.save_config(cfg, os.path.join(FLAGS.output_dir, "config.yaml"))
+    rng = np.random.default_rng(FLAGS.seed)
+    size = FLAGS.image_size
+    image, gt_np, gt_classes, gt_masks_full = synthetic_scene(size, rng)
+    gt_boxes, gt_valid = tf.constant(gt_np[None]), tf.ones([1, len(gt_np)], tf.bool)
+    rpn, rcnn = cfg.model.rpn_head, cfg.model.roi_head
+    print(f"{FLAGS.config_file}: {cfg.model.type}, image {size}x{size}, {len(gt_np)} gt objects")
+
+    # Anchors and RPN targets.
+    generator = anchors_lib.anchor_generator_from_config(rpn.anchor_generator)
+    level_anchors = generator((size, size))
+    anchors = tf.concat(level_anchors, 0)
+    line("AnchorGenerator", f"{anchors.shape[0]} anchors over {len(level_anchors)} levels "
+         f"({', '.join(str(a.shape[0]) for a in level_anchors)})")
+    a = cfg.train_cfg.rpn.assigner
+    gt_inds, _, matched = max_iou_assign(anchors, gt_boxes, gt_valid, a.pos_iou_thr, a.neg_iou_thr, a.min_pos_iou,
+                                         a.match_low_quality, a.gt_max_assign_all)
+    s = cfg.train_cfg.rpn.sampler
+    _, valid, positive = random_sample(gt_inds, s.num, s.pos_fraction, (FLAGS.seed, 1), s.neg_pos_ub)
+    counts = [int(tf.reduce_sum(tf.cast(gt_inds == v, tf.int32))) for v in (-1, 0)]
+    line("MaxIoUAssigner (rpn)", f"{int(tf.reduce_sum(tf.cast(gt_inds > 0, tf.int32)))} positive, "
+         f"{counts[1]} negative, {counts[0]} ignored")
+    line("RandomSampler (rpn)", f"{int(tf.reduce_sum(tf.cast(positive, tf.int32)))} positive + "
+         f"{int(tf.reduce_sum(tf.cast(valid & ~positive, tf.int32)))} negative of {s.num} slots")
+
+    # Proposals from ideal RPN outputs plus noise: per level top nms_pre, decode, clip, min size, NMS, top k.
+    coder, prop = rpn.bbox_coder, cfg.test_cfg.rpn
+    ious = tf.reduce_max(pairwise_iou(anchors[None], gt_boxes), -1)[0]
+    scores = tf.clip_by_value(ious + rng.normal(0, 0.05, ious.shape), 0, 1)
+    targets = encode_boxes(tf.gather(gt_np, matched[0]), anchors, coder.target_means, coder.target_stds)
+    deltas = targets + rng.normal(0, 0.1, targets.shape).astype(np.float32)
+    level_boxes, level_scores, level_valid, start = [], [], [], 0
+    for level in level_anchors:
+        n = level.shape[0]
+        top_scores, top = tf.math.top_k(scores[start:start + n], min(prop.nms_pre, n))
+        boxes = decode_boxes(tf.gather(deltas[start:start + n], top), tf.gather(level, top), coder.target_means,
+                             coder.target_stds, coder.delta_clamp, abs(math.log(coder.wh_ratio_clip)))
+        boxes = clip_boxes(boxes, [size, size])
+        hw = boxes[:, 2:] - boxes[:, :2]
+        level_valid.append(tf.reduce_all(hw > prop.min_bbox_size, -1)[None])
+        level_boxes.append(boxes[None]), level_scores.append(tf.cast(top_scores, tf.float32)[None])
+        start += n
+    proposals, _, proposals_valid = multilevel_proposals(level_boxes, level_scores, prop.nms_thr, prop.max_per_img,
+                                                         prop.nms_across_levels, level_valid)
+    line("proposals (test_cfg.rpn)", f"{int(tf.reduce_sum(tf.cast(proposals_valid, tf.int32)))} kept "
+         f"of {sum(b.shape[1] for b in level_boxes)} after NMS {prop.nms_thr} per level")
+
+    # R-CNN targets: gt added as proposals, assigned, sampled; RoIAlign on a toy pyramid (pooled image).
+    a, s = cfg.train_cfg.rcnn.assigner, cfg.train_cfg.rcnn.sampler
+    rois, rois_valid = proposals, proposals_valid
+    if s.add_gt_as_proposals:
+        rois, rois_valid = add_gt_as_proposals(proposals, proposals_valid, gt_boxes, gt_valid)
+    gt_inds, _, matched = max_iou_assign(rois, gt_boxes, gt_valid, a.pos_iou_thr, a.neg_iou_thr, a.min_pos_iou,
+                                         a.match_low_quality, a.gt_max_assign_all, boxes_valid=rois_valid)
+    if s.add_gt_as_proposals:
+        gt_inds, matched = assign_gt_proposals_to_themselves(gt_inds, matched, gt_valid)
+    index, valid, positive = random_sample(gt_inds, s.num, s.pos_fraction, (FLAGS.seed, 2), s.neg_pos_ub)
+    sampled = tf.gather(rois, index, batch_dims=1)
+    line("RandomSampler (rcnn)", f"{int(tf.reduce_sum(tf.cast(positive, tf.int32)))} positive + "
+         f"{int(tf.reduce_sum(tf.cast(valid & ~positive, tf.int32)))} negative of {s.num} slots")
+    extractor = rcnn.bbox_roi_extractor
+    pixels = tf.constant(image[None], tf.float32) / 255.0
+    pyramid = [tf.nn.avg_pool2d(pixels, k, k, "VALID") for k in extractor.featmap_strides]
+    layer = extractor.roi_layer
+    features = multilevel_roi_align(pyramid, sampled, layer.output_size, layer.sampling_ratio, layer.aligned,
+                                    extractor.featmap_strides, extractor.finest_scale)
+    line(f"{layer.type} ({extractor.type})", f"RoI features {features.shape.as_list()}")
+
+    if rcnn.mask_head is not None:
+        # The data pipeline crops each gt mask to its box (112×112); mask_targets reads those crops.
+        crop = cfg.data.mask_crop_size
+        full_frames = tf.constant([[[0, 0, size, size]] * len(gt_np)], tf.float32)
+        cropped = mask_targets(gt_masks_full[None], full_frames, gt_boxes, tf.range(len(gt_np))[None], crop, binarize=False)
+        pos_index = tf.boolean_mask(tf.gather(matched, index, batch_dims=1), positive)[None]
+        targets = mask_targets(cropped, gt_boxes, tf.boolean_mask(sampled, positive)[None], pos_index,
+                               cfg.train_cfg.rcnn.mask_size)
+        line("mask targets", f"{targets.shape.as_list()}, mean foreground {float(tf.reduce_mean(targets)):.2f}")
+
+    # Detections: ideal class scores (IoU with each class's gt) plus noise, class-aware NMS, pasted masks.
+    test = cfg.test_cfg.rcnn
+    class_iou = pairwise_iou(proposals, gt_boxes)[0]  # [K, 3], class c + 1 is gt c
+    class_scores = tf.clip_by_value(class_iou ** 6 + rng.normal(0, 0.01, class_iou.shape), 0, 1)
+    class_scores *= tf.cast(proposals_valid[0], tf.float32)[:, None]
+    dets = multiclass_nms(proposals[:, :, None], tf.cast(class_scores, tf.float32)[None], test.score_thr,
+                          test.nms.iou_threshold, test.max_per_img)
+    num = int(dets["num_detections"][0])
+    line("multiclass NMS (test_cfg)", f"{num} detections above score {test.score_thr}")
+    det_boxes, det_classes = dets["detection_boxes"][:, :num], dets["detection_classes"][0, :num]
+    # Stand-in for the mask head: each detection's class's gt mask, resampled into its box at 28×28.
+    full_frames = tf.constant([[[0, 0, size, size]] * len(gt_np)], tf.float32)
+    ideal = mask_targets(gt_masks_full[None], full_frames, det_boxes, det_classes[None] - 1, 28, binarize=False)
+    pasted = paste_masks(ideal, det_boxes, (size, size), threshold=test.mask_thr_binary)[0].numpy()
+    line("paste_masks", f"{pasted.shape[0]} masks of {size}x{size}, {int(pasted.sum())} foreground pixels")
+
+    canvas = image.astype(np.float32)
+    palette = np.array([[255, 60, 60], [60, 200, 60], [60, 120, 255]], np.float32)
+    for k in range(num):
+        m = pasted[k].astype(bool)
+        canvas[m] = 0.5 * canvas[m] + 0.5 * palette[(int(det_classes[k]) - 1) % 3]
+    picture = Image.fromarray(canvas.astype(np.uint8))
+    draw = ImageDraw.Draw(picture)
+    for k in range(num):
+        y1, x1, y2, x2 = det_boxes[0, k].numpy()
+        draw.rectangle([x1, y1, x2, y2], outline=tuple(int(c) for c in palette[(int(det_classes[k]) - 1) % 3]))
+        draw.text((x1 + 2, y1 + 1), f"{int(det_classes[k])}: {float(dets['detection_scores'][0, k]):.2f}")
+    path = os.path.join(FLAGS.output_dir, "demo.png")
+    picture.save(path)
+    print(f"wrote {path} and {os.path.join(FLAGS.output_dir, 'config.yaml')}")
+
+
+if __name__ == "__main__":
+    app.run(main)
