@@ -91,3 +91,26 @@ def test_add_gt_as_proposals():
     gt_inds, matched = assign_gt_proposals_to_themselves(tf.constant([[0, 0, 1, 0]]), tf.constant([[1, 1, 0, 0]]),
                                                          gt_valid)
     assert gt_inds[0].numpy().tolist() == [1, -1, 1, 0] and matched[0].numpy().tolist()[:2] == [0, 1]
+
+
+def test_an_images_sample_depends_only_on_its_seed():
+    # The same image sampled alone or as the second of a batch, with the same per-image seed, gets the same sample:
+    # what makes a replica's sample equal the single-device one.
+    rng = np.random.default_rng(0)
+    gt_inds = tf.constant(rng.integers(-1, 3, (3, 200)), tf.int32)
+    seeds = tf.constant([[5, 0], [5, 1], [5, 2]])
+    batched = random_sample(gt_inds, 32, 0.25, seeds)[0]
+    alone = random_sample(gt_inds[1:2], 32, 0.25, seeds[1:2])[0]
+    np.testing.assert_array_equal(batched[1:2], alone)
+    # A [2] seed means per-image seeds (s0, s1 + b).
+    np.testing.assert_array_equal(random_sample(gt_inds, 32, 0.25, (5, 0))[0], batched)
+
+
+def test_noise_is_uniform_and_decorrelated():
+    from tfrcnn.ops.sample import per_image_uniform
+    noise = per_image_uniform(tf.constant([[1, 2], [1, 3], [2, 2]]), 20000).numpy()
+    assert noise.min() >= 0 and noise.max() < 1
+    np.testing.assert_allclose(noise.mean(axis=1), 0.5, atol=0.01)
+    np.testing.assert_allclose(np.histogram(noise[0], bins=10, range=(0, 1))[0] / 20000, 0.1, atol=0.01)
+    assert abs(np.corrcoef(noise[0], noise[1])[0, 1]) < 0.03 and abs(np.corrcoef(noise[0], noise[2])[0, 1]) < 0.03
+    assert abs(np.corrcoef(noise[0, :-1], noise[0, 1:])[0, 1]) < 0.03

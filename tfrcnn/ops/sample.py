@@ -37,13 +37,49 @@ def assign_gt_proposals_to_themselves(gt_inds, matched, gt_valid):
     return gt_inds, matched
 
 
-def _random_top(candidates, k, seed):
+_MASK32 = 0xFFFFFFFF
+
+
+def _mix32(x):
+    """murmur3's 32-bit finalizer on int64 tensors holding uint32 values: a bijection that scatters bits."""
+    x = tf.bitwise.bitwise_xor(x, tf.bitwise.right_shift(x, 16))
+    x = tf.bitwise.bitwise_and(x * 0x85EBCA6B, _MASK32)
+    x = tf.bitwise.bitwise_xor(x, tf.bitwise.right_shift(x, 13))
+    x = tf.bitwise.bitwise_and(x * 0xC2B2AE35, _MASK32)
+    return tf.bitwise.bitwise_xor(x, tf.bitwise.right_shift(x, 16))
+
+
+def per_image_uniform(seeds, n, salt=0):
+    """Uniform noise [B, n] in [0, 1) from per-image seeds [B, 2], with no state and no per-image loop.
+
+    Counter-based (a hash of seed, salt and position), so an image's noise depends only on its own seed: the same
+    image gets the same noise whichever replica, batch position or batch size it is processed in. That is what
+    makes a distributed step sample exactly as a single-device step on the same global batch does.
+    """
+    seeds = tf.bitwise.bitwise_and(tf.cast(seeds, tf.int64), _MASK32)
+    key = _mix32(tf.bitwise.bitwise_xor(_mix32(seeds[:, 0:1] + (salt * 0x9E3779B9 & _MASK32)), seeds[:, 1:2]))
+    counter = tf.range(n, dtype=tf.int64)[None, :]
+    bits = _mix32(tf.bitwise.bitwise_xor(tf.bitwise.bitwise_and(_mix32(key) + counter * 0x9E3779B9, _MASK32), key))
+    return tf.cast(tf.bitwise.right_shift(bits, 8), tf.float32) * (1.0 / (1 << 24))
+
+
+def image_seeds(seed, batch_size):
+    """Per-image seeds [B, 2] from one seed [2] (image b gets (seed[0], seed[1] + b)), or [B, 2] seeds as they are."""
+    seed = tf.cast(tf.convert_to_tensor(seed), tf.int64)
+    if seed.shape.rank == 2:
+        return seed
+    offsets = tf.stack([tf.zeros([batch_size], tf.int64), tf.range(batch_size, dtype=tf.int64)], axis=1)
+    return seed[None, :] + offsets
+
+
+def _random_top(candidates, k, seeds, salt):
     """Indices [B, k] of a uniformly random subset of the True entries of `candidates` [B, N], and their mask.
 
     Random keys in [0, 1) for candidates and -1 for the rest: the top k keys are a uniform sample without
     replacement of min(k, count) candidates, in random order, followed by non-candidates marked invalid.
     """
-    keys = tf.where(candidates, tf.random.stateless_uniform(tf.shape(candidates), seed), -1.0)
+    noise = per_image_uniform(seeds, candidates.shape[1], salt)
+    keys = tf.where(candidates, noise, -1.0)
     values, indices = tf.math.top_k(keys, k=k, sorted=True)
     return indices, values >= 0.0
 
@@ -55,7 +91,8 @@ def random_sample(gt_inds, num, pos_fraction, seed, neg_pos_ub=-1):
       gt_inds: int32 [B, N] from `max_iou_assign` (k > 0 positive, 0 negative, -1 ignored: never sampled).
       num: sample slots per image (256 for the RPN, 512 for the R-CNN in the seed).
       pos_fraction: the largest share of positives; negatives fill the rest of the `num` slots.
-      seed: int32/int64 tensor or tuple of shape [2] for the stateless RNG: the same seed gives the same sample.
+      seed: int tensor or tuple of shape [2] (image b then uses (seed[0], seed[1] + b)), or per-image seeds
+        [B, 2]. The same seed gives the same sample; an image's sample depends only on its own seed.
       neg_pos_ub: if >= 0, at most `int(neg_pos_ub * max(1, num_pos))` negatives (MMDetection's upper bound).
     Returns:
       indices: int32 [B, num] into the N boxes; positives first, then negatives, then padding (index 0).
@@ -65,11 +102,10 @@ def random_sample(gt_inds, num, pos_fraction, seed, neg_pos_ub=-1):
     n = gt_inds.shape[1]
     if n is None:
         raise ValueError("random_sample: the number of boxes must be static")
-    seed = tf.convert_to_tensor(seed)
-    pos_seed, neg_seed = tf.unstack(tf.random.experimental.stateless_split(seed, 2))
+    seeds = image_seeds(seed, tf.shape(gt_inds)[0])
     num_pos_expected = min(int(num * pos_fraction), n)
-    pos_idx, pos_ok = _random_top(gt_inds > 0, num_pos_expected, pos_seed)
-    neg_idx, neg_ok = _random_top(tf.equal(gt_inds, 0), min(num, n), neg_seed)
+    pos_idx, pos_ok = _random_top(gt_inds > 0, num_pos_expected, seeds, salt=1)
+    neg_idx, neg_ok = _random_top(tf.equal(gt_inds, 0), min(num, n), seeds, salt=2)
 
     num_pos = tf.reduce_sum(tf.cast(pos_ok, tf.int32), axis=1, keepdims=True)  # [B, 1]
     num_neg = num - num_pos

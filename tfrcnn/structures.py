@@ -1,0 +1,50 @@
+"""The batch structure: what the input pipeline produces and the detectors' `train_step` consumes.
+
+Defined once here, so that `tfrcnn.data` and `tfrcnn.modeling` agree without knowing each other.
+
+A training batch is `(images, targets)`:
+- `images`: float32 [B, H, W, 3], normalized and padded to one static (H, W) — the padded network input.
+- `targets`: a dict
+  - `gt_boxes`: float32 [B, M, 4], [y1, x1, y2, x2] in padded-input pixels, padded to M = `max_instances`;
+  - `gt_classes`: int32 [B, M], 1..num_classes, 0 for padding (so `gt_classes > 0` is the validity mask);
+  - `gt_masks`: [B, M, S, S] float32 (or uint8) in [0, 1], each gt mask cropped to its own gt box at S×S
+    (Mask R-CNN only; S = `data.mask_crop_size`, 112 as Model Garden);
+  - `ignore_boxes`: float32 [B, K, 4], regions whose anchors/proposals are neither positive nor negative
+    (COCO crowd boxes, with `ignore_iof_thr`); all-zero rows are padding (optional);
+  - `image_size`: int32 [B, 2], each image's true (resized, unpadded) (height, width) in the padded input.
+  Evaluation batches may carry more keys (`source_id`, `original_size`, `scale`); the models ignore them.
+"""
+import tensorflow as tf
+
+GT_BOXES, GT_CLASSES, GT_MASKS = "gt_boxes", "gt_classes", "gt_masks"
+IGNORE_BOXES, IMAGE_SIZE = "ignore_boxes", "image_size"
+REQUIRED_KEYS = (GT_BOXES, GT_CLASSES, IMAGE_SIZE)
+
+
+def target_spec(batch_size, max_instances, mask_size=None, max_ignore=None):
+    """`tf.TensorSpec`s of a targets dict; `mask_size` None for Faster R-CNN, `max_ignore` None for no ignore boxes."""
+    spec = {
+        GT_BOXES: tf.TensorSpec([batch_size, max_instances, 4], tf.float32),
+        GT_CLASSES: tf.TensorSpec([batch_size, max_instances], tf.int32),
+        IMAGE_SIZE: tf.TensorSpec([batch_size, 2], tf.int32),
+    }
+    if mask_size is not None:
+        spec[GT_MASKS] = tf.TensorSpec([batch_size, max_instances, mask_size, mask_size], tf.float32)
+    if max_ignore is not None:
+        spec[IGNORE_BOXES] = tf.TensorSpec([batch_size, max_ignore, 4], tf.float32)
+    return spec
+
+
+def check_targets(targets, with_mask):
+    """Raises a ValueError naming what a targets dict lacks; returns it with `ignore_boxes` filled in if absent."""
+    if not isinstance(targets, dict):
+        raise ValueError(f"targets must be a dict with keys {REQUIRED_KEYS}, got {type(targets).__name__}")
+    required = REQUIRED_KEYS + ((GT_MASKS,) if with_mask else ())
+    missing = [k for k in required if k not in targets]
+    if missing:
+        raise ValueError(f"targets lack {missing}; they have {sorted(targets)} (see tfrcnn/structures.py)")
+    targets = dict(targets)
+    if IGNORE_BOXES not in targets:
+        boxes = targets[GT_BOXES]
+        targets[IGNORE_BOXES] = tf.zeros([tf.shape(boxes)[0], 1, 4], tf.float32)
+    return targets
