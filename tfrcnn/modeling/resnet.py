@@ -1,0 +1,285 @@
+"""ResNet backbone (seed §2.1): the C2..C5 feature maps the FPN reads, with PyTorch's exact geometry.
+
+Stage i (0-based, torchvision's `layer{i+1}`) has stride 4·2^i and 64·2^i·expansion channels: (64, 128, 256,
+512) for depth 18/34 (BasicBlock) and (256, 512, 1024, 2048) for 50/101 (Bottleneck, expansion 4). A map of
+size n becomes ceil(n / 2) at every stride-2 step, as in PyTorch.
+
+Layer names are torchvision's state_dict names with '.' → '_', so a checkpoint converter is a name table:
+
+  conv1, bn1                                  stem: 7×7/2 conv (no bias) and its norm; then ReLU, 3×3/2 max-pool
+  layer{s}_{b}                                block b of stage s (s = 1..4): a `BasicBlock` or `Bottleneck`
+  layer{s}_{b}_conv{k}, layer{s}_{b}_bn{k}    k = 1, 2 (BasicBlock) or 1, 2, 3 (Bottleneck); convs have no bias
+  layer{s}_{b}_downsample_0, ..._1            the shortcut's 1×1 strided conv and its norm (first block of a stage)
+
+(Keras variable paths nest them: `backbone/layer1_0/layer1_0_conv1/kernel`.) A torch conv weight (O, I, kh, kw)
+is the Keras kernel (kh, kw, I, O); a norm's weight, bias, running_mean, running_var are gamma, beta,
+moving_mean, moving_variance.
+
+Padding is PyTorch's: symmetric zeros, then a 'valid' convolution (`PaddedConv2D`). Keras's padding="same"
+puts the extra pixel of a stride-2 conv at the bottom/right only, which shifts the whole feature map.
+
+Freezing follows MMDetection: `frozen_stages` k makes the stem and stages 1..k non-trainable, and a
+non-trainable Keras BatchNormalization also runs on its moving statistics, as MMDetection's `eval()` on frozen
+stages does. `norm_eval` runs every BN on its moving statistics even when the model trains;
+`norm_cfg.requires_grad: false` keeps BN gamma/beta fixed. Setting `backbone.trainable = True` (e.g. through
+a parent model) re-applies these rules instead of unfreezing everything.
+
+Known difference: in training mode Keras updates moving_variance with the biased batch variance, PyTorch with
+the unbiased one (n / (n - 1) larger). It matters only when BN statistics are trained (norm_eval false).
+"""
+import keras
+import tensorflow as tf
+
+from tfrcnn.config import BackboneCfg, NormCfg
+
+
+def _kaiming_normal():
+    # torch.nn.init.kaiming_normal_(mode="fan_out", nonlinearity="relu"): std = sqrt(2 / (kh·kw·out)), untruncated.
+    return keras.initializers.VarianceScaling(scale=2.0, mode="fan_out", distribution="untruncated_normal")
+
+
+@keras.saving.register_keras_serializable("tfrcnn")
+class PaddedConv2D(keras.layers.Conv2D):
+    """Conv2D (NHWC) with PyTorch's symmetric zero padding: `pad` pixels on each side of H and W.
+
+    Output size per axis: floor((n + 2·pad - kernel) / stride) + 1, as torch.nn.Conv2d(padding=pad).
+    Other arguments are keras.layers.Conv2D's (`padding` and `data_format` are fixed).
+    """
+
+    def __init__(self, filters, kernel_size, strides=1, pad=0, **kwargs):
+        super().__init__(filters, kernel_size, strides=strides, padding="valid", data_format="channels_last",
+                         **kwargs)
+        self.pad = int(pad)
+
+    def call(self, inputs):
+        if self.pad:
+            p = self.pad
+            inputs = tf.pad(inputs, [[0, 0], [p, p], [p, p], [0, 0]])
+        return super().call(inputs)
+
+    def compute_output_shape(self, input_shape):
+        grow = lambda n: None if n is None else n + 2 * self.pad  # noqa: E731
+        b, h, w, c = input_shape
+        return super().compute_output_shape((b, grow(h), grow(w), c))
+
+    def get_config(self):
+        config = super().get_config()
+        for fixed in ("padding", "data_format"):
+            config.pop(fixed, None)
+        return {**config, "pad": self.pad}
+
+
+def _conv(filters, kernel, stride, pad, name, dtype):
+    return PaddedConv2D(filters, kernel, strides=stride, pad=pad, use_bias=False,
+                        kernel_initializer=_kaiming_normal(), name=name, dtype=dtype)
+
+
+def _norm(norm_cfg, name, dtype):
+    """BN (PyTorch momentum 0.1 = Keras momentum 0.9) or GN; gamma 1, beta 0. eps 0.0 is used as given."""
+    if norm_cfg.type == "BN":
+        return keras.layers.BatchNormalization(momentum=0.9, epsilon=norm_cfg.eps, name=name, dtype=dtype)
+    return keras.layers.GroupNormalization(groups=norm_cfg.num_groups, epsilon=norm_cfg.eps, name=name, dtype=dtype)
+
+
+def _channels(c):
+    return (None, None, None, c)
+
+
+class _ResidualBlock(keras.layers.Layer):
+    """Shared parts of BasicBlock and Bottleneck: the shortcut, building, config.
+
+    Args:
+      planes: width of the block's 3×3 conv; the block outputs planes·expansion channels.
+      stride: 1, or 2 for the first block of stages 2..4.
+      downsample: whether the shortcut is a 1×1 conv (stride `stride`) + norm instead of the identity.
+      norm_cfg: `NormCfg` or its dict.
+      style: "pytorch" or "caffe": where a Bottleneck puts its stride (ignored by BasicBlock).
+    Call: x [B, H, W, C_in] → [B, ceil(H / stride), ceil(W / stride), planes·expansion].
+    """
+    expansion = 1
+
+    def __init__(self, planes, stride=1, downsample=False, norm_cfg=None, style="pytorch", **kwargs):
+        super().__init__(**kwargs)
+        norm_cfg = NormCfg.from_dict(norm_cfg) if isinstance(norm_cfg, dict) else (norm_cfg or NormCfg())
+        self.planes, self.stride, self.style, self.norm_cfg = planes, stride, style, norm_cfg
+        self.out_channels = planes * self.expansion
+        self.convs, self.norms = [], []
+        for k, (filters, kernel, conv_stride) in enumerate(self._conv_specs(), start=1):
+            self.convs.append(_conv(filters, kernel, conv_stride, kernel // 2, f"{self.name}_conv{k}",
+                                    self.dtype_policy))
+            self.norms.append(_norm(norm_cfg, f"{self.name}_bn{k}", self.dtype_policy))
+        self.downsample = [] if not downsample else [
+            _conv(self.out_channels, 1, stride, 0, f"{self.name}_downsample_0", self.dtype_policy),
+            _norm(norm_cfg, f"{self.name}_downsample_1", self.dtype_policy)]
+
+    def _conv_specs(self):
+        """(filters, kernel, stride) of each conv on the residual branch."""
+        raise NotImplementedError
+
+    def build(self, input_shape):
+        channels = input_shape[-1]
+        for conv, norm in zip(self.convs, self.norms):
+            conv.build(_channels(channels))
+            channels = conv.filters
+            norm.build(_channels(channels))
+        if self.downsample:
+            self.downsample[0].build(_channels(input_shape[-1]))
+            self.downsample[1].build(_channels(self.out_channels))
+
+    def call(self, x, training=None):
+        shortcut = x
+        if self.downsample:
+            shortcut = self.downsample[1](self.downsample[0](x), training=training)
+        last = len(self.convs) - 1
+        for k, (conv, norm) in enumerate(zip(self.convs, self.norms)):
+            x = norm(conv(x), training=training)
+            if k < last:
+                x = tf.nn.relu(x)
+        return tf.nn.relu(x + shortcut)
+
+    def compute_output_shape(self, input_shape):
+        ceil_div = lambda n: None if n is None else -(-n // self.stride)  # noqa: E731
+        return (input_shape[0], ceil_div(input_shape[1]), ceil_div(input_shape[2]), self.out_channels)
+
+    def get_config(self):
+        return {**super().get_config(), "planes": self.planes, "stride": self.stride,
+                "downsample": bool(self.downsample), "norm_cfg": self.norm_cfg.to_dict(), "style": self.style}
+
+
+@keras.saving.register_keras_serializable("tfrcnn")
+class BasicBlock(_ResidualBlock):
+    """ResNet-18/34 block: 3×3 conv (stride) ▸ norm ▸ ReLU ▸ 3×3 conv ▸ norm, + shortcut, ReLU."""
+    expansion = 1
+
+    def _conv_specs(self):
+        return [(self.planes, 3, self.stride), (self.planes, 3, 1)]
+
+
+@keras.saving.register_keras_serializable("tfrcnn")
+class Bottleneck(_ResidualBlock):
+    """ResNet-50/101 block: 1×1 ▸ 3×3 ▸ 1×1 (×4 channels), norm after each, ReLU between, + shortcut, ReLU.
+
+    style "pytorch" (torchvision, MMDetection's default) strides the 3×3 conv; "caffe" strides the first 1×1.
+    """
+    expansion = 4
+
+    def _conv_specs(self):
+        s1, s2 = (self.stride, 1) if self.style == "caffe" else (1, self.stride)
+        return [(self.planes, 1, s1), (self.planes, 3, s2), (self.planes * 4, 1, 1)]
+
+
+_ARCHS = {18: (BasicBlock, (2, 2, 2, 2)), 34: (BasicBlock, (3, 4, 6, 3)),
+          50: (Bottleneck, (3, 4, 6, 3)), 101: (Bottleneck, (3, 4, 23, 3))}
+
+
+@keras.saving.register_keras_serializable("tfrcnn")
+class ResNet(keras.layers.Layer):
+    """MMDetection's ResNet backbone, configured by `BackboneCfg` (`model.backbone`).
+
+    Args:
+      cfg: `BackboneCfg`: depth 18/34/50/101, num_stages (1..4), out_indices (stage i gives C_{i+2}),
+        frozen_stages, norm_cfg (BN or GN, eps, requires_grad), norm_eval, style.
+    Call: images float [B, H, W, 3] (normalized network input), training → list, one per out_index i in
+      increasing order, of [B, H_i, W_i, 64·2^i·expansion], H_i = H / 4·2^i rounded up at each halving
+      (64×96 → C5 2×3, 65×97 → C5 3×4). Outputs follow the layer's dtype policy (bfloat16 under mixed_bfloat16).
+    Attributes: out_channels and strides of the returned maps, e.g. [256, 512, 1024, 2048] and [4, 8, 16, 32].
+    """
+
+    def __init__(self, cfg=None, name="backbone", **kwargs):
+        super().__init__(name=name, **kwargs)
+        cfg = cfg or BackboneCfg()
+        block, depths = _ARCHS[cfg.depth]
+        if not 1 <= cfg.num_stages <= 4:
+            raise ValueError(f"ResNet: num_stages must be in 1..4, got {cfg.num_stages}")
+        if not cfg.out_indices or any(not 0 <= i < cfg.num_stages for i in cfg.out_indices):
+            raise ValueError(f"ResNet: out_indices {cfg.out_indices} must be stage indices below num_stages "
+                             f"{cfg.num_stages}")
+        if not -1 <= cfg.frozen_stages <= cfg.num_stages:
+            raise ValueError(f"ResNet: frozen_stages must be in -1..{cfg.num_stages}, got {cfg.frozen_stages}")
+        self.cfg = cfg
+        d = self.dtype_policy
+        self.conv1 = _conv(64, 7, 2, 3, "conv1", d)
+        self.bn1 = _norm(cfg.norm_cfg, "bn1", d)
+        stages, in_channels = [], 64
+        for s in range(cfg.num_stages):
+            planes, stride = 64 * 2 ** s, (1 if s == 0 else 2)
+            stage = []
+            for b in range(depths[s]):
+                first = b == 0
+                downsample = first and (stride != 1 or in_channels != planes * block.expansion)
+                stage.append(block(planes, stride if first else 1, downsample, cfg.norm_cfg, cfg.style,
+                                   name=f"layer{s + 1}_{b}", dtype=d))
+                in_channels = planes * block.expansion
+            stages.append(stage)
+        self.stages = stages
+        self.out_channels = [64 * 2 ** i * block.expansion for i in sorted(cfg.out_indices)]
+        self.strides = [4 * 2 ** i for i in sorted(cfg.out_indices)]
+
+    def build(self, input_shape):
+        self.conv1.build(_channels(input_shape[-1]))
+        self.bn1.build(_channels(64))
+        channels = 64
+        for stage in self.stages:
+            for block in stage:
+                block.build(_channels(channels))
+                channels = block.out_channels
+        self._freeze()
+
+    def _freeze(self):
+        """Applies frozen_stages and norm_cfg.requires_grad to the (built) sublayers."""
+        if not self.trainable:
+            return  # everything is frozen already
+        frozen = [self.conv1, self.bn1] if self.cfg.frozen_stages >= 0 else []
+        for stage in self.stages[:max(self.cfg.frozen_stages, 0)]:
+            frozen += stage
+        for layer in frozen:
+            layer.trainable = False
+        if not self.cfg.norm_cfg.requires_grad:
+            for layer in self._flatten_layers(include_self=False):
+                if isinstance(layer, (keras.layers.BatchNormalization, keras.layers.GroupNormalization)):
+                    layer.gamma.trainable = False
+                    layer.beta.trainable = False
+
+    @property
+    def trainable(self):
+        return self._trainable
+
+    @trainable.setter
+    def trainable(self, value):
+        keras.layers.Layer.trainable.fset(self, value)  # sets every sublayer, frozen ones included
+        if getattr(self, "built", False):
+            self._freeze()
+
+    def call(self, images, training=None):
+        # norm_eval: BN normalizes with (and keeps) its moving statistics even while the model trains; the
+        # blocks hold nothing else that depends on `training`.
+        training = False if self.cfg.norm_eval else training
+        x = tf.nn.relu(self.bn1(self.conv1(images), training=training))
+        # PyTorch pads the max-pool with -inf; zeros are exact here because x >= 0 after the ReLU and every
+        # 3×3 window holds at least one real pixel.
+        x = tf.nn.max_pool2d(tf.pad(x, [[0, 0], [1, 1], [1, 1], [0, 0]]), 3, 2, "VALID")
+        outs = []
+        for i, stage in enumerate(self.stages):
+            for block in stage:
+                x = block(x, training=training)
+            if i in self.cfg.out_indices:
+                outs.append(x)
+        return outs
+
+    def compute_output_shape(self, input_shape):
+        shapes, (b, h, w) = [], input_shape[:3]
+        channels = iter(self.out_channels)
+        for i in range(self.cfg.num_stages):
+            for _ in range(2 if i == 0 else 1):  # conv1 and the max-pool halve twice before stage 0
+                h, w = [None if n is None else -(-n // 2) for n in (h, w)]
+            if i in self.cfg.out_indices:
+                shapes.append((b, h, w, next(channels)))
+        return shapes
+
+    def get_config(self):
+        return {**super().get_config(), "cfg": self.cfg.to_dict()}
+
+    @classmethod
+    def from_config(cls, config):
+        config = dict(config)
+        return cls(BackboneCfg.from_dict(config.pop("cfg")), **config)
