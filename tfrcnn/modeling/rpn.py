@@ -1,0 +1,249 @@
+"""RPNHead (seed §2.3–2.8): objectness and box deltas on every FPN level, their losses, and proposals.
+
+One head is shared by all levels: a 3×3 conv + ReLU, then two 1×1 convs. With A anchors per location:
+
+  sublayer     output    torchvision state_dict key                 MMDetection key
+  rpn_conv     C_feat    rpn.head.conv.0.0.{weight,bias} (legacy:   rpn_head.rpn_conv.*
+                         rpn.head.conv.{weight,bias})
+  rpn_cls      A         rpn.head.cls_logits.{weight,bias}          rpn_head.rpn_cls.*
+  rpn_reg      4A        rpn.head.bbox_pred.{weight,bias}           rpn_head.rpn_reg.*
+
+Keras variables are `rpn_head/<sublayer>/{kernel,bias}`; a torch conv weight (O, I, kh, kw) becomes the
+kernel (kh, kw, I, O). Output channel a of rpn_cls is anchor a, channel a*4 + j of rpn_reg is delta j
+(dx, dy, dw, dh) of anchor a, in both libraries, so no channel is permuted.
+
+Every per-anchor tensor of a level is flattened in the order (H, W, A): feature-map locations row-major,
+then the base anchors, which is the order of `tfrcnn.ops.anchors.AnchorGenerator`.
+
+Boxes (anchors, gt, proposals) are [y1, x1, y2, x2] in padded-network-input pixels.
+"""
+import math
+
+import keras
+import tensorflow as tf
+
+from tfrcnn.config import RPNHeadCfg, RPNTrainCfg
+from tfrcnn.ops.anchors import anchor_generator_from_config
+from tfrcnn.ops.assign import max_iou_assign
+from tfrcnn.ops.boxes import area, clip_boxes, decode_boxes, encode_boxes
+from tfrcnn.ops.nms import multilevel_proposals
+from tfrcnn.ops.sample import random_sample
+
+
+def _normal_init():
+    return keras.initializers.RandomNormal(mean=0.0, stddev=0.01)
+
+
+def _flatten_anchors(x, per_anchor, num_anchors):
+    """[B, H, W, A * k] → [B, H * W * A, k]; the anchor count stays static when H and W are."""
+    h, w = x.shape[1], x.shape[2]
+    n = -1 if h is None or w is None else h * w * num_anchors
+    return tf.reshape(x, [tf.shape(x)[0], n, per_anchor])
+
+
+def anchor_inside_flags(anchors, image_size, allowed_border):
+    """MMDetection's `anchor_inside_flags`: anchors that stay within `allowed_border` px of the image.
+
+    Args:
+      anchors: [N, 4] in padded-input pixels.
+      image_size: int32 [B, 2], each image's true (h, w) inside the padded input.
+      allowed_border: pixels an anchor may extend past the image; < 0 keeps every anchor.
+    Returns:
+      bool [B, N].
+    """
+    size = tf.cast(image_size, tf.float32)[:, None, :]  # [B, 1, 2]
+    b = float(allowed_border)
+    if allowed_border < 0:
+        return tf.ones([tf.shape(size)[0], tf.shape(anchors)[0]], tf.bool)
+    y1, x1, y2, x2 = [t[None] for t in tf.unstack(anchors, 4, axis=-1)]  # each [1, N]
+    return ((y1 >= -b) & (x1 >= -b)
+            & (y2 < size[..., 0] + b) & (x2 < size[..., 1] + b))  # strict, as MMDetection
+
+
+def _bbox_loss(pred, target, cfg):
+    """Elementwise L1Loss or SmoothL1Loss(beta) of [..., 4] deltas (not reduced, not weighted)."""
+    diff = tf.abs(pred - target)
+    if cfg.type == "L1Loss" or cfg.beta <= 0:  # SmoothL1 with beta 0 is L1 (torch), and avoids a 0/0 branch
+        return diff
+    return tf.where(diff < cfg.beta, 0.5 * tf.square(diff) / cfg.beta, diff - 0.5 * cfg.beta)
+
+
+class RPNHead(keras.layers.Layer):
+    """MMDetection's RPNHead with a sigmoid objectness per anchor.
+
+    Args:
+      cfg: `RPNHeadCfg` (model.rpn_head): channels, anchor generator, box coder and losses.
+      train_cfg: `RPNTrainCfg` (train_cfg.rpn): assigner, sampler, allowed_border, pos_weight; may be None
+        for a model that only predicts (then `losses` raises).
+    """
+
+    def __init__(self, cfg: RPNHeadCfg, train_cfg: RPNTrainCfg = None, name="rpn_head", **kwargs):
+        super().__init__(name=name, **kwargs)
+        if not cfg.loss_cls.use_sigmoid:
+            raise ValueError("RPNHead: only a sigmoid objectness is supported (loss_cls.use_sigmoid: true); "
+                             "a 2-class softmax RPN is not implemented")
+        self.cfg = cfg
+        self.train_cfg = train_cfg
+        self.anchor_generator = anchor_generator_from_config(cfg.anchor_generator)
+        self.num_anchors = self.anchor_generator.num_base_anchors
+        common = dict(bias_initializer="zeros", dtype=self.dtype_policy)
+        self.rpn_conv = keras.layers.Conv2D(cfg.feat_channels, 3, padding="same", activation="relu",
+                                            kernel_initializer=_normal_init(), name="rpn_conv", **common)
+        self.rpn_cls = keras.layers.Conv2D(self.num_anchors, 1, kernel_initializer=_normal_init(),
+                                           name="rpn_cls", **common)
+        self.rpn_reg = keras.layers.Conv2D(4 * self.num_anchors, 1, kernel_initializer=_normal_init(),
+                                           name="rpn_reg", **common)
+
+    def build(self, input_shape=None):
+        """Creates the weights for `cfg.in_channels` input channels (`input_shape`, if given, is checked)."""
+        for shape in (input_shape or []):
+            if shape[-1] is not None and shape[-1] != self.cfg.in_channels:
+                raise ValueError(f"RPNHead: a feature map has {shape[-1]} channels, "
+                                 f"rpn_head.in_channels is {self.cfg.in_channels}")
+        self.rpn_conv.build((None, None, None, self.cfg.in_channels))
+        self.rpn_cls.build((None, None, None, self.cfg.feat_channels))
+        self.rpn_reg.build((None, None, None, self.cfg.feat_channels))
+        self.built = True
+
+    def call(self, features):
+        """Objectness logits and box deltas for every anchor of every level.
+
+        Args:
+          features: list over levels (P2..P6) of [B, H_l, W_l, in_channels].
+        Returns:
+          logits: list of float32 [B, H_l * W_l * A];
+          deltas: list of float32 [B, H_l * W_l * A, 4] as (dx, dy, dw, dh), normalized by the box coder's
+            means/stds; both in the anchors' order (locations row-major, then base anchors).
+        """
+        logits, deltas = [], []
+        for x in features:
+            x = self.rpn_conv(x)
+            # Losses and decoding run in float32 whatever the compute dtype.
+            cls = tf.cast(self.rpn_cls(x), tf.float32)
+            reg = tf.cast(self.rpn_reg(x), tf.float32)
+            logits.append(_flatten_anchors(cls, 1, self.num_anchors)[..., 0])
+            deltas.append(_flatten_anchors(reg, 4, self.num_anchors))
+        return logits, deltas
+
+    def anchors(self, image_shape, features):
+        """Anchors of every level for the padded input.
+
+        Args:
+          image_shape: static (h, w) of the padded network input.
+          features: the feature maps (or anything with `.shape` [B, H_l, W_l, ...]); their H_l, W_l must be static.
+        Returns:
+          list of float32 [H_l * W_l * A, 4] in padded-input pixels, in the order of `call`'s outputs.
+        """
+        sizes = [(f.shape[1], f.shape[2]) for f in features]
+        if any(s is None for hw in sizes for s in hw):
+            raise ValueError(f"RPNHead.anchors: feature map sizes must be static, got {sizes}")
+        return self.anchor_generator(image_shape, sizes)
+
+    def losses(self, logits, deltas, anchors, gt_boxes, gt_classes, ignore_boxes, image_size, seed):
+        """RPN training losses (seed §2.4–2.7) as (sum, count) pairs.
+
+        Note: this replaces Keras' `Layer.losses` property (the add_loss list) on this layer; a model's
+        `losses` still works, since Keras collects sublayers' add_loss terms without this name.
+
+        Args:
+          logits, deltas: `call`'s outputs (lists over levels).
+          anchors: `anchors`' output, list of [N_l, 4] in padded-input pixels.
+          gt_boxes: float32 [B, M, 4] in padded-input pixels; gt_classes: int32 [B, M], 0 for padding.
+          ignore_boxes: float32 [B, K, 4] ignore regions (all-zero rows are padding), or None; used when
+            train_cfg.assigner.ignore_iof_thr > 0.
+          image_size: int32 [B, 2], each image's true (h, w); used by allowed_border >= 0.
+          seed: int32 [2], the stateless seed of the sampler.
+        Returns:
+          {"rpn_cls": (sum, count), "rpn_bbox": (sum, count)}: float32 scalars, sums already multiplied by
+          their loss_weight, both counts the number of sampled anchors in the batch (MMDetection's avg_factor).
+        """
+        tcfg = self.train_cfg
+        if tcfg is None:
+            raise ValueError("RPNHead.losses needs a train_cfg")
+        acfg, scfg = tcfg.assigner, tcfg.sampler
+        logits = tf.concat([tf.cast(t, tf.float32) for t in logits], axis=1)  # [B, N]
+        deltas = tf.concat([tf.cast(t, tf.float32) for t in deltas], axis=1)  # [B, N, 4]
+        anchors = tf.concat(anchors, axis=0)  # [N, 4]
+        gt_boxes = tf.cast(gt_boxes, tf.float32)
+
+        ignore_valid = None
+        if ignore_boxes is not None and acfg.ignore_iof_thr > 0:
+            ignore_boxes = tf.cast(ignore_boxes, tf.float32)
+            ignore_valid = area(ignore_boxes) > 0  # all-zero padding rows, and empty boxes, ignore nothing
+        else:
+            ignore_boxes = None
+        inside = anchor_inside_flags(anchors, image_size, tcfg.allowed_border) if tcfg.allowed_border >= 0 else None
+        gt_inds, _, matched = max_iou_assign(
+            anchors, gt_boxes, gt_classes > 0, acfg.pos_iou_thr, acfg.neg_iou_thr, acfg.min_pos_iou,
+            acfg.match_low_quality, acfg.gt_max_assign_all, ignore_boxes=ignore_boxes, ignore_valid=ignore_valid,
+            ignore_iof_thr=acfg.ignore_iof_thr, ignore_wrt_candidates=acfg.ignore_wrt_candidates, boxes_valid=inside)
+        indices, valid, positive = random_sample(gt_inds, scfg.num, scfg.pos_fraction, seed, scfg.neg_pos_ub)
+        valid_f, positive_f = tf.cast(valid, tf.float32), tf.cast(positive, tf.float32)
+        count = tf.reduce_sum(valid_f)
+
+        bce = tf.nn.sigmoid_cross_entropy_with_logits(positive_f, tf.gather(logits, indices, batch_dims=1))
+        pos_weight = tcfg.pos_weight if tcfg.pos_weight > 0 else 1.0
+        cls_weight = valid_f * tf.where(positive, pos_weight, 1.0)
+        cls_sum = tf.reduce_sum(bce * cls_weight) * self.cfg.loss_cls.loss_weight
+
+        coder = self.cfg.bbox_coder
+        sampled_anchors = tf.gather(anchors, indices)  # [B, S, 4]
+        matched_gt = tf.gather(gt_boxes, tf.gather(matched, indices, batch_dims=1), batch_dims=1)
+        # Non-positive slots may match a padding gt (a zero box, log 0): their target is the anchor itself,
+        # so that no inf or NaN enters the (masked) loss or its gradient.
+        matched_gt = tf.where(positive[..., None], matched_gt, sampled_anchors)
+        targets = tf.stop_gradient(encode_boxes(matched_gt, sampled_anchors, coder.target_means,
+                                                coder.target_stds))
+        bbox = _bbox_loss(tf.gather(deltas, indices, batch_dims=1), targets, self.cfg.loss_bbox)
+        bbox_sum = tf.reduce_sum(bbox * positive_f[..., None]) * self.cfg.loss_bbox.loss_weight
+        return {"rpn_cls": (cls_sum, count), "rpn_bbox": (bbox_sum, count)}
+
+    def get_proposals(self, logits, deltas, anchors, image_size, cfg):
+        """Proposals (seed §2.8): top-k per level, decode, clip, drop small boxes, NMS per level, top-k.
+
+        Args:
+          logits, deltas: `call`'s outputs; anchors: `anchors`' output (lists over levels).
+          image_size: int32 [B, 2], each image's true (h, w); proposals are clipped to it.
+          cfg: `ProposalCfg` (train_cfg.rpn_proposal or test_cfg.rpn).
+        Returns:
+          proposals: float32 [B, cfg.max_per_img, 4] in padded-input pixels;
+          scores: float32 [B, cfg.max_per_img] objectness probabilities;
+          valid: bool [B, cfg.max_per_img]. Sorted by score, padding last; no gradient flows through them.
+        """
+        coder = self.cfg.bbox_coder
+        max_ratio = abs(math.log(coder.wh_ratio_clip))
+        boxes, scores, keep = [], [], []
+        for level_logits, level_deltas, level_anchors in zip(logits, deltas, anchors):
+            level_logits = tf.stop_gradient(tf.cast(level_logits, tf.float32))
+            level_deltas = tf.stop_gradient(tf.cast(level_deltas, tf.float32))
+            n = level_logits.shape[1]
+            if n is None:  # inference on an image size unknown at trace time
+                n = tf.shape(level_logits)[1]
+            k = n if cfg.nms_pre <= 0 else tf.minimum(cfg.nms_pre, n) if tf.is_tensor(n) else min(cfg.nms_pre, n)
+            # The sigmoid is monotonic: ranking logits ranks scores.
+            top_logits, top = tf.math.top_k(level_logits, k=k)
+            level_boxes = decode_boxes(tf.gather(level_deltas, top, batch_dims=1), tf.gather(level_anchors, top),
+                                       coder.target_means, coder.target_stds, clamp=coder.delta_clamp,
+                                       max_ratio=max_ratio)
+            level_boxes = clip_boxes(level_boxes, image_size)
+            y1, x1, y2, x2 = tf.unstack(level_boxes, 4, axis=-1)
+            boxes.append(level_boxes)
+            scores.append(tf.sigmoid(top_logits))
+            keep.append((x2 - x1 > cfg.min_bbox_size) & (y2 - y1 > cfg.min_bbox_size))
+        proposals, proposal_scores, valid = multilevel_proposals(
+            boxes, scores, cfg.nms_thr, cfg.max_per_img, cfg.nms_across_levels, keep)
+        return tuple(tf.stop_gradient(t) for t in (proposals, proposal_scores, valid))
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(cfg=self.cfg.to_dict(),
+                      train_cfg=None if self.train_cfg is None else self.train_cfg.to_dict())
+        return config
+
+    @classmethod
+    def from_config(cls, config):
+        config = dict(config)
+        cfg = RPNHeadCfg.from_dict(config.pop("cfg"))
+        train_cfg = config.pop("train_cfg")
+        train_cfg = None if train_cfg is None else RPNTrainCfg.from_dict(train_cfg)
+        return cls(cfg, train_cfg, **config)
