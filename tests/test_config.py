@@ -83,6 +83,38 @@ def test_faster_rcnn_config_has_no_mask_branch():
     assert cfg.train_cfg.rpn.assigner.pos_iou_thr == 0.7 and cfg.train_cfg.rcnn.sampler.num == 512
 
 
+@pytest.mark.parametrize("name,model_type,steps,epochs,metric", [
+    ("faster_rcnn_r50_fpn_1x_coco", "FasterRCNN", (8, 11), 12, ("bbox",)),
+    ("faster_rcnn_r50_fpn_2x_coco", "FasterRCNN", (16, 22), 24, ("bbox",)),
+    ("mask_rcnn_r50_fpn_1x_coco", "MaskRCNN", (8, 11), 12, ("bbox", "segm")),
+    ("mask_rcnn_r50_fpn_2x_coco", "MaskRCNN", (16, 22), 24, ("bbox", "segm")),
+    ("mask_rcnn_r50_fpn_3x_coco", "MaskRCNN", (27, 33), 36, ("bbox", "segm")),
+])
+def test_schedules(name, model_type, steps, epochs, metric):
+    cfg = load_config(os.path.join(CONFIGS, name + ".yaml"))
+    assert (cfg.model.type, cfg.lr_config.step, cfg.runner.max_epochs, cfg.evaluation.metric) == (
+        model_type, steps, epochs, metric)
+    # Everything else of the schedule is the 1x one: SGD 0.02, momentum 0.9, decay 1e-4, linear warmup 500.
+    o, lr = cfg.optimizer, cfg.lr_config
+    assert (o.lr, o.momentum, o.weight_decay, cfg.optimizer_config.grad_clip) == (0.02, 0.9, 1e-4, None)
+    assert (lr.policy, lr.warmup, lr.warmup_iters, lr.warmup_ratio, lr.gamma) == ("step", "linear", 500, 0.001, 0.1)
+    base = load_config(os.path.join(CONFIGS, name.replace("_2x", "_1x").replace("_3x", "_1x") + ".yaml"))
+    assert cfg.model == base.model and cfg.data == base.data and cfg.runtime == base.runtime
+
+
+def test_runtime_section():
+    cfg = load_config(MASK)
+    assert cfg.runtime == C.RuntimeCfg() == Config().runtime
+    r = cfg.runtime
+    assert (r.strategy, r.mixed_precision, r.jit_compile, r.seed) == ("one_device", None, False, 0)
+    r = load_config(MASK, "runtime.strategy=multi_worker_mirrored,runtime.mixed_precision=mixed_bfloat16,"
+                          "runtime.jit_compile=true,runtime.seed=7").runtime
+    assert (r.strategy, r.mixed_precision, r.jit_compile, r.seed) == (
+        "multi_worker_mirrored", "mixed_bfloat16", True, 7)
+    r = load_config(MASK, "runtime={strategy: mirrored, mixed_precision: mixed_float16}").runtime
+    assert (r.strategy, r.mixed_precision, r.jit_compile) == ("mirrored", "mixed_float16", False)
+
+
 def test_defaults_are_the_shipped_mask_rcnn():
     assert Config() == load_config(MASK)
 
@@ -271,7 +303,8 @@ def test_overrides_round_trip_through_yaml(lr, num, flag, neg):
 
 @pytest.mark.parametrize("path,overrides", [(MASK, None), (FASTER, None),
                                             (MASK, "optimizer_config.grad_clip.max_norm=35,"
-                                                   "train_cfg.rpn.assigner.neg_iou_thr=[0.1, 0.3]")])
+                                                   "train_cfg.rpn.assigner.neg_iou_thr=[0.1, 0.3]"),
+                                            (MASK, "runtime={strategy: mirrored, mixed_precision: mixed_bfloat16}")])
 def test_dump_then_load_gives_the_same_config(tmp_path, path, overrides):
     cfg = load_config(path, overrides)
     out = tmp_path / "run" / "config.yaml"
@@ -319,6 +352,8 @@ def test_error_names_the_base_file_that_set_the_value(tmp_path):
     ("train_cfg: {rpn: {sampler: {num: true}}}", r"train_cfg\.rpn\.sampler\.num: expected int, got bool True"),
     ("optimizer: {lr: true}", r"optimizer\.lr: expected float, got bool True"),
     ("optimizer: {lr: null}", r"optimizer\.lr: expected float, got null"),
+    ("runtime: {jit_compile: 1}", r"runtime\.jit_compile: expected bool, got int 1"),
+    ("runtime: {seed: 0.5}", r"runtime\.seed: expected int, got float 0\.5"),
     ("model: {backbone: {norm_eval: 1}}", r"model\.backbone\.norm_eval: expected bool, got int 1"),
     ("data: {img_scale: [1333]}", r"data\.img_scale: expected \[int, int\], got list \[1333\]"),
     ("model: {neck: {in_channels: [256, x]}}", r"model\.neck\.in_channels\[1\]: expected int, got str 'x'"),
@@ -344,6 +379,11 @@ def test_wrong_types_name_the_key(tmp_path, text, message):
      r"model\.neck\.add_extra_convs: expected one of false, 'on_input', 'on_output', got bool True"),
     ("model: {type: RetinaNet}", r"model\.type: expected one of 'MaskRCNN', 'FasterRCNN'"),
     ("evaluation: {metric: [bbox, keypoints]}", r"evaluation\.metric\[1\]: expected one of 'bbox', 'segm'"),
+    ("runtime: {strategy: mirored}",
+     r"runtime\.strategy: expected one of 'one_device', 'mirrored', 'multi_worker_mirrored', got str 'mirored' "
+     r"\(did you mean 'mirrored'\?\)"),
+    ("runtime: {mixed_precision: float16}",
+     r"runtime\.mixed_precision: expected one of 'mixed_float16', 'mixed_bfloat16', got str 'float16'"),
 ])
 def test_bad_choice_names_the_key(tmp_path, text, message):
     with pytest.raises(ConfigError, match=r"x\.yaml: " + message):
@@ -363,6 +403,9 @@ def test_bad_choice_names_the_key(tmp_path, text, message):
      r"model\.rpn_head\.anchor_generator\.scales: give either scales or octave_base_scale"),
     ("model: {rpn_head: {anchor_generator: {base_sizes: [4, 8]}}}",
      r"model\.rpn_head\.anchor_generator\.base_sizes: 2 base sizes for 5 strides"),
+    ("optimizer_config: {grad_clip: {max_norm: 0}}", r"optimizer_config\.grad_clip\.max_norm: must be > 0, got 0\.0"),
+    ("optimizer_config: {grad_clip: {max_norm: 35, norm_type: 1}}",
+     r"optimizer_config\.grad_clip\.norm_type: only the L2 norm \(2\) is implemented, got 1\.0"),
     ("model: {rpn_head: {loss_cls: {use_mask: true}}}",
      r"model\.rpn_head\.loss_cls\.use_mask: use_sigmoid and use_mask"),
 ])

@@ -374,8 +374,14 @@ class OptimizerCfg(_Section):
 
 @dataclass
 class GradClipCfg(_Section):
-    max_norm: float
+    max_norm: float  # the global L2 norm of all gradients, summed over replicas, is clipped to this
     norm_type: float = 2.0
+
+    def _checks(self):
+        if self.max_norm <= 0:
+            yield "max_norm", f"must be > 0, got {self.max_norm}"
+        if self.norm_type != 2:
+            yield "norm_type", f"only the L2 norm (2) is implemented, got {self.norm_type}"
 
 
 @dataclass
@@ -417,6 +423,18 @@ class EvaluationCfg(_Section):
 
 
 @dataclass
+class RuntimeCfg(_Section):
+    """How a run executes: not in MMDetection's configs (there, launchers and `fp16 = dict(...)` decide)."""
+    # one_device: `fit` on the first GPU (else the CPU); mirrored: `fit` over this host's GPUs;
+    # multi_worker_mirrored: tfrcnn's own loop over the hosts TF_CONFIG names (Keras' `fit` fails there).
+    strategy: Literal["one_device", "mirrored", "multi_worker_mirrored"] = "one_device"
+    # A Keras dtype policy: variables stay float32, layers compute in half precision, losses in float32.
+    mixed_precision: Optional[Literal["mixed_float16", "mixed_bfloat16"]] = None
+    jit_compile: bool = False  # XLA for the dense parts of the train step (not NMS, RoIAlign, the update)
+    seed: int = 0  # weights' initialization, sampling and data order
+
+
+@dataclass
 class Config(_Section):
     """The whole tree; `Config()` is the seed's Mask R-CNN R50-FPN 1x on COCO."""
     model: ModelCfg = _sub(ModelCfg)
@@ -430,6 +448,7 @@ class Config(_Section):
     checkpoint_config: CheckpointCfg = _sub(CheckpointCfg)
     log_config: LogCfg = _sub(LogCfg)
     evaluation: EvaluationCfg = _sub(EvaluationCfg)
+    runtime: RuntimeCfg = _sub(RuntimeCfg)
     load_from: Optional[str] = None  # a checkpoint to start from (weights only)
     resume_from: Optional[str] = None  # a checkpoint to resume (weights, optimizer, epoch)
 

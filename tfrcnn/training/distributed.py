@@ -1,0 +1,138 @@
+"""`tf.distribute` strategies and the training loop for MultiWorkerMirroredStrategy.
+
+Keras 3's `fit` works on one device and under MirroredStrategy, but fails under MultiWorkerMirroredStrategy
+(keras-team/keras#20585: it reduces a distributed input batch to build the model). There `CustomLoop`
+drives the same `model.train_step` itself, the way /work/shared/reference/keras3-distribute.md found to work:
+a `tf.function` that calls `strategy.run(model.train_step, ...)` on the next element of a distributed
+dataset. It works under every strategy, so it is also the loop to compare the strategies with.
+
+The contract with the model:
+- the model and its optimizer are created, and the model compiled, inside `strategy.scope()`;
+- `model.train_step(batch)` takes one replica's batch, applies the gradients itself (`optimizer.apply`
+  sums them over replicas), and returns a dict of scalar tensors holding the same, global values on every
+  replica (losses normalized by the global batch, then summed over replicas with the replica context's
+  `all_reduce`);
+- the dataset yields GLOBAL batches: the strategy splits each batch over the replicas.
+"""
+import tensorflow as tf
+
+STRATEGIES = ("one_device", "mirrored", "multi_worker_mirrored")
+
+
+def make_strategy(name, devices=None):
+    """The `tf.distribute.Strategy` that `runtime.strategy` names.
+
+    Args:
+      name: "one_device", "mirrored" or "multi_worker_mirrored".
+      devices: optional device names. one_device: its first entry (default the first GPU, else the CPU);
+        mirrored: the replicas' devices (default every GPU, else the CPU); multi_worker_mirrored takes none
+        (the cluster comes from the TF_CONFIG environment variable, each worker uses its local GPUs or CPU).
+    """
+    if name == "one_device":
+        device = devices[0] if devices else ("/gpu:0" if tf.config.list_logical_devices("GPU") else "/cpu:0")
+        return tf.distribute.OneDeviceStrategy(device)
+    if name == "mirrored":
+        return tf.distribute.MirroredStrategy(devices)
+    if name == "multi_worker_mirrored":
+        if devices:
+            raise ValueError("multi_worker_mirrored: devices come from TF_CONFIG and each worker's local devices")
+        return tf.distribute.MultiWorkerMirroredStrategy()
+    raise ValueError(f"strategy must be one of {STRATEGIES}, got {name!r}")
+
+
+def _is_default(strategy):
+    """True for the strategy in effect outside any scope (TensorFlow exposes no public test for it)."""
+    return type(strategy).__name__ == "_DefaultDistributionStrategy"
+
+
+def _unwrap(optimizer):
+    return getattr(optimizer, "inner_optimizer", optimizer)  # LossScaleOptimizer wraps the real one
+
+
+class CustomLoop:
+    """Runs `model.train_step` under `strategy` with a loop of tfrcnn's own (see the module docstring).
+
+    Args:
+      model: a compiled `keras.Model` created inside `strategy.scope()`.
+      strategy: the `tf.distribute.Strategy`.
+    """
+
+    def __init__(self, model, strategy):
+        if getattr(model, "optimizer", None) is None:
+            raise ValueError("compile the model (model.compile(optimizer=...)) before the loop")
+        if not _is_default(strategy):
+            # Variables created outside the scope live on one device only; the failure would come later and
+            # read much worse.
+            owners = {"model": model._distribute_strategy,
+                      "optimizer": _unwrap(model.optimizer)._distribution_strategy}
+            for what, owner in owners.items():
+                if owner is not strategy:
+                    raise ValueError(f"the {what} was not created inside strategy.scope(): create the model and "
+                                     "the optimizer, and compile, inside `with strategy.scope():`")
+        self.model, self.strategy = model, strategy
+        self._step = None
+
+    def _build(self, dataset):
+        """Creates the model's and the optimizer's variables: `strategy.run` cannot create variables."""
+        model, optimizer = self.model, self.model.optimizer
+        unbuilt = [not all(layer.built for layer in model._flatten_layers())]
+        unbuilt += [c is not None and not c.built for c in (model._compile_metrics, model._compile_loss)]
+        with self.strategy.scope():
+            if any(unbuilt):
+                if not isinstance(dataset, tf.data.Dataset):
+                    raise ValueError("build the model (call it on a batch inside strategy.scope()) first when "
+                                     "the dataset is already distributed or a dataset_fn")
+                # What fit does to build the model, its compiled loss and metrics, from the shapes of one batch.
+                model._symbolic_build(data_batch=next(iter(dataset)))
+            if not optimizer.built:
+                optimizer.build(model.trainable_variables)
+
+    def _distribute(self, dataset):
+        if isinstance(dataset, tf.distribute.DistributedDataset):
+            return dataset
+        if callable(dataset):  # dataset_fn(input_context) -> this worker's share, per-replica batches
+            return self.strategy.distribute_datasets_from_function(dataset)
+        return self.strategy.experimental_distribute_dataset(dataset)
+
+    def _make_step(self):
+        strategy, model = self.strategy, self.model
+
+        @tf.function
+        def step(iterator):
+            logs = strategy.run(model.train_step, args=(next(iterator),))
+            # train_step's values are already global and equal on every replica: MEAN just picks one.
+            return {k: strategy.reduce(tf.distribute.ReduceOp.MEAN, v, axis=None) for k, v in logs.items()}
+
+        return step
+
+    def run(self, dataset, steps, on_step=None):
+        """Runs `steps` train steps.
+
+        Args:
+          dataset: a `tf.data.Dataset` of global batches (it must hold `steps` of them: repeat it), an
+            already distributed dataset, or a `dataset_fn(input_context)` for
+            `strategy.distribute_datasets_from_function` (per-replica batches).
+          steps: int, number of optimizer updates.
+          on_step: optional `on_step(step, logs)`, called after each step with its 0-based index in this
+            run and the logs as Python floats. The model's metrics are reset first, as `fit` resets them at
+            each epoch, so a train_step that returns metric results logs their means over this run.
+        Returns:
+          The list of every step's logs, dicts of Python floats.
+        """
+        self._build(dataset)
+        self.model.reset_metrics()  # as fit does at each epoch: metric results are means over this run
+        if self._step is None:
+            self._step = self._make_step()
+        iterator = iter(self._distribute(dataset))
+        history = []
+        for i in range(steps):
+            logs = {k: float(v) for k, v in self._step(iterator).items()}
+            history.append(logs)
+            if on_step is not None:
+                on_step(i, logs)
+        return history
+
+
+def train_loop(model, dataset, strategy, steps, on_step=None):
+    """`CustomLoop(model, strategy).run(dataset, steps, on_step)`: the train step under any strategy."""
+    return CustomLoop(model, strategy).run(dataset, steps, on_step)
