@@ -34,6 +34,7 @@ import tensorflow as tf
 
 from tfrcnn.config import (BBoxHeadCfg, MaskHeadCfg, RCNNTestCfg, RCNNTrainCfg, RoIExtractorCfg,
                            RoIHeadCfg)
+from tfrcnn.modeling.losses import bbox_loss
 from tfrcnn.ops.assign import max_iou_assign
 from tfrcnn.ops.boxes import clip_boxes, decode_boxes, encode_boxes
 from tfrcnn.ops.masks import mask_targets
@@ -49,14 +50,6 @@ def _kaiming_fan_out():
     PyTorch computes from its (I, O, kh, kw) weight.
     """
     return keras.initializers.VarianceScaling(2.0, mode="fan_out", distribution="untruncated_normal")
-
-
-def _bbox_loss(pred, target, cfg):
-    """Elementwise L1Loss or SmoothL1Loss(beta) of [..., 4] deltas (not reduced, not weighted)."""
-    diff = tf.abs(pred - target)
-    if cfg.type == "L1Loss" or cfg.beta <= 0:  # SmoothL1 with beta 0 is L1, without a 0/0 branch
-        return diff
-    return tf.where(diff < cfg.beta, 0.5 * tf.square(diff) / cfg.beta, diff - 0.5 * cfg.beta)
 
 
 def _class_slice(x, labels, axis):
@@ -328,7 +321,7 @@ class StandardRoIHead(keras.layers.Layer):
         targets = encode_boxes(matched_gt, rois, coder.target_means, coder.target_stds)
         # Non-positive slots (padding, zero-size boxes) may encode to inf/NaN; they carry no loss.
         targets = tf.where(positive[..., None] & tf.math.is_finite(targets), targets, 0.0)
-        box_loss = _bbox_loss(_class_slice(deltas, labels, axis=2), targets, head.loss_bbox)
+        box_loss = bbox_loss(_class_slice(deltas, labels, axis=2), targets, head.loss_bbox)
         box_loss = tf.where(positive[..., None], box_loss, 0.0)
         losses["rcnn_bbox"] = (head.loss_bbox.loss_weight * tf.reduce_sum(box_loss), num_valid)
 

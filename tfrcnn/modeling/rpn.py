@@ -23,6 +23,7 @@ import keras
 import tensorflow as tf
 
 from tfrcnn.config import RPNHeadCfg, RPNTrainCfg
+from tfrcnn.modeling.losses import bbox_loss
 from tfrcnn.ops.anchors import anchor_generator_from_config
 from tfrcnn.ops.assign import max_iou_assign
 from tfrcnn.ops.boxes import area, clip_boxes, decode_boxes, encode_boxes
@@ -58,14 +59,6 @@ def anchor_inside_flags(anchors, image_size, allowed_border):
     y1, x1, y2, x2 = [t[None] for t in tf.unstack(anchors, 4, axis=-1)]  # each [1, N]
     return ((y1 >= -b) & (x1 >= -b)
             & (y2 < size[..., 0] + b) & (x2 < size[..., 1] + b))  # strict, as MMDetection
-
-
-def _bbox_loss(pred, target, cfg):
-    """Elementwise L1Loss or SmoothL1Loss(beta) of [..., 4] deltas (not reduced, not weighted)."""
-    diff = tf.abs(pred - target)
-    if cfg.type == "L1Loss" or cfg.beta <= 0:  # SmoothL1 with beta 0 is L1 (torch), and avoids a 0/0 branch
-        return diff
-    return tf.where(diff < cfg.beta, 0.5 * tf.square(diff) / cfg.beta, diff - 0.5 * cfg.beta)
 
 
 class RPNHead(keras.layers.Layer):
@@ -194,7 +187,7 @@ class RPNHead(keras.layers.Layer):
         matched_gt = tf.where(positive[..., None], matched_gt, sampled_anchors)
         targets = tf.stop_gradient(encode_boxes(matched_gt, sampled_anchors, coder.target_means,
                                                 coder.target_stds))
-        bbox = _bbox_loss(tf.gather(deltas, indices, batch_dims=1), targets, self.cfg.loss_bbox)
+        bbox = bbox_loss(tf.gather(deltas, indices, batch_dims=1), targets, self.cfg.loss_bbox)
         bbox_sum = tf.reduce_sum(bbox * positive_f[..., None]) * self.cfg.loss_bbox.loss_weight
         return {"rpn_cls": (cls_sum, count), "rpn_bbox": (bbox_sum, count)}
 
