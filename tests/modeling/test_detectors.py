@@ -66,11 +66,17 @@ def test_degenerate_batches_give_finite_losses(faster):
     assert faster or float(logs["mask"]) == 0.0
 
 
-def test_train_step_under_xla_and_mixed_bfloat16():
-    cfg = tiny_config("runtime.jit_compile=true,runtime.mixed_precision=mixed_bfloat16")
+@pytest.mark.parametrize("overrides,compute_dtype", [
+    ("runtime.jit_compile=true,runtime.mixed_precision=mixed_bfloat16", "bfloat16"),
+    ("runtime.mixed_precision=mixed_float16", "float16"),
+])
+def test_train_step_under_xla_and_mixed_precision(overrides, compute_dtype):
+    cfg = tiny_config(overrides)
     model = tfrcnn.build_model(cfg)
-    assert model.backbone.compute_dtype == "bfloat16"
-    model.compile(optimizer=build_optimizer(cfg, steps_per_epoch=2))
+    assert model.backbone.compute_dtype == compute_dtype
+    model.compile(optimizer=build_optimizer(cfg, steps_per_epoch=2, model=model))
+    # float16 needs loss scaling: Keras' compile wraps the optimizer because the model's policy is mixed_float16.
+    assert (type(model.optimizer).__name__ == "LossScaleOptimizer") == (compute_dtype == "float16")
     images, targets, _ = shapes_scenes(2, 64)
     history = model.fit(batch_dataset(images, targets, 2), epochs=1, steps_per_epoch=2, verbose=0)
     assert all(np.isfinite(v).all() for v in history.history.values())
