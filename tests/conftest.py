@@ -9,3 +9,14 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import torch  # noqa: E402,F401  (import order matters, see above)
 import torchvision  # noqa: E402,F401
+
+
+import keras  # noqa: E402
+import pytest  # noqa: E402
+
+
+@pytest.fixture(autouse=True)
+def _seeded():
+    """Every test starts from the same Python, NumPy and TensorFlow/Keras random state: initial weights and
+    random draws repeat from run to run, so a test that passes keeps passing."""
+    keras.utils.set_random_seed(1234)
