@@ -8,7 +8,6 @@ enough to show what each op does with the config's values. The picture goes to `
 
     python scripts/demo_ops.py --output_dir demo_out
 """
-import math
 import os
 
 import numpy as np
@@ -17,11 +16,12 @@ from absl import app, flags
 from PIL import Image, ImageDraw
 
 import tfrcnn
+from tfrcnn.modeling.rpn import RPNHead
 from tfrcnn.ops import anchors as anchors_lib
 from tfrcnn.ops.assign import max_iou_assign
-from tfrcnn.ops.boxes import clip_boxes, decode_boxes, encode_boxes, pairwise_iou
+from tfrcnn.ops.boxes import encode_boxes, pairwise_iou
 from tfrcnn.ops.masks import mask_targets, paste_masks
-from tfrcnn.ops.nms import multiclass_nms, multilevel_proposals
+from tfrcnn.ops.nms import multiclass_nms
 from tfrcnn.ops.roi_align import multilevel_roi_align
 from tfrcnn.ops.sample import add_gt_as_proposals, assign_gt_proposals_to_themselves, random_sample
 
@@ -90,27 +90,20 @@ def main(_):
     line("RandomSampler (rpn)", f"{int(tf.reduce_sum(tf.cast(positive, tf.int32)))} positive + "
          f"{int(tf.reduce_sum(tf.cast(valid & ~positive, tf.int32)))} negative of {s.num} slots")
 
-    # Proposals from ideal RPN outputs plus noise: per level top nms_pre, decode, clip, min size, NMS, top k.
+    # Proposals from ideal RPN outputs plus noise, through the RPN head's own proposal step (no weights needed):
+    # per level top nms_pre, decode, clip, min size, NMS per level, top k.
     coder, prop = rpn.bbox_coder, cfg.test_cfg.rpn
-    ious = tf.reduce_max(pairwise_iou(anchors[None], gt_boxes), -1)[0]
-    scores = tf.clip_by_value(ious + rng.normal(0, 0.05, ious.shape), 0, 1)
+    ious = tf.reduce_max(pairwise_iou(anchors[None], gt_boxes), -1)
+    probs = tf.clip_by_value(ious + rng.normal(0, 0.05, ious.shape), 1e-4, 1 - 1e-4)
+    logits = tf.cast(tf.math.log(probs / (1 - probs)), tf.float32)
     targets = encode_boxes(tf.gather(gt_np, matched[0]), anchors, coder.target_means, coder.target_stds)
-    deltas = targets + rng.normal(0, 0.1, targets.shape).astype(np.float32)
-    level_boxes, level_scores, level_valid, start = [], [], [], 0
-    for level in level_anchors:
-        n = level.shape[0]
-        top_scores, top = tf.math.top_k(scores[start:start + n], min(prop.nms_pre, n))
-        boxes = decode_boxes(tf.gather(deltas[start:start + n], top), tf.gather(level, top), coder.target_means,
-                             coder.target_stds, coder.delta_clamp, abs(math.log(coder.wh_ratio_clip)))
-        boxes = clip_boxes(boxes, [size, size])
-        hw = boxes[:, 2:] - boxes[:, :2]
-        level_valid.append(tf.reduce_all(hw > prop.min_bbox_size, -1)[None])
-        level_boxes.append(boxes[None]), level_scores.append(tf.cast(top_scores, tf.float32)[None])
-        start += n
-    proposals, _, proposals_valid = multilevel_proposals(level_boxes, level_scores, prop.nms_thr, prop.max_per_img,
-                                                         prop.nms_across_levels, level_valid)
+    deltas = (targets + rng.normal(0, 0.1, targets.shape).astype(np.float32))[None]
+    splits = [a.shape[0] for a in level_anchors]
+    head = RPNHead(rpn, name="rpn_head")
+    proposals, _, proposals_valid = head.get_proposals(tf.split(logits, splits, 1), tf.split(deltas, splits, 1),
+                                                       level_anchors, tf.constant([[size, size]]), prop)
     line("proposals (test_cfg.rpn)", f"{int(tf.reduce_sum(tf.cast(proposals_valid, tf.int32)))} kept "
-         f"of {sum(b.shape[1] for b in level_boxes)} after NMS {prop.nms_thr} per level")
+         f"of {sum(min(prop.nms_pre, n) for n in splits)} after NMS {prop.nms_thr} per level")
 
     # R-CNN targets: gt added as proposals, assigned, sampled; RoIAlign on a toy pyramid (pooled image).
     a, s = cfg.train_cfg.rcnn.assigner, cfg.train_cfg.rcnn.sampler
