@@ -333,28 +333,72 @@ class ImgNormCfg(_Section):
 @dataclass
 class DatasetCfg(_Section):
     type: Literal["CocoDataset"] = "CocoDataset"
-    ann_file: Optional[str] = None
-    img_prefix: Optional[str] = None
-    tfrecord: Optional[str] = None  # a file pattern (glob) of TFRecord shards
+    ann_file: Optional[str] = None  # COCO JSON: the source when `tfrecord` is null, and the evaluation's gt
+    img_prefix: Optional[str] = None  # the image folder of `ann_file`
+    tfrecord: Optional[str] = None  # a file pattern (glob) of TFRecord shards; read instead of ann_file + img_prefix
+    filter_empty_gt: bool = True  # training skips images without a (non-crowd) gt box, as MMDetection
 
 
 @dataclass
 class DataCfg(_Section):
     samples_per_gpu: int = 2
     workers_per_gpu: int = 2
-    img_scale: Tuple[int, int] = (1333, 800)  # (long side max, short side max) as MMDetection
+    # (long side max, short side max), as MMDetection. A list of such pairs trains multi-scale: with
+    # multiscale_mode 'range' (two pairs) each image draws its long and short side uniformly between them (the
+    # 3x ms-train: [[1333, 640], [1333, 800]]); with 'value' it draws one of the pairs.
+    img_scale: Union[Tuple[int, int], Tuple[Tuple[int, int], ...]] = (1333, 800)
+    multiscale_mode: Literal["range", "value"] = "range"
     keep_ratio: bool = True
     flip_ratio: float = 0.5
     size_divisor: int = 32
+    # The static (height, width) every image is padded to (training and evaluation). null: a square whose side
+    # is the largest long side of img_scale rounded up to size_divisor (1344 for 1333), which holds landscape and
+    # portrait images alike. A smaller pad_size also shrinks the images that would not fit.
+    pad_size: Optional[Tuple[int, int]] = None
     img_norm_cfg: ImgNormCfg = _sub(ImgNormCfg)
-    max_instances: int = 100  # gt boxes per image are padded (or cut) to this
+    max_instances: int = 100  # gt boxes (and crowd boxes) per image are padded (or cut, with a warning) to this
     mask_crop_size: int = 112  # gt masks are stored cropped to their boxes at this size
+    # The dataset's category id of each model class, in class order (class c is category_ids[c - 1]), and
+    # their names (MMDetection's `classes`). null: read from ann_file (its categories sorted by id).
+    category_ids: Optional[Tuple[int, ...]] = None
+    classes: Optional[Tuple[str, ...]] = None
+    # An image that does not decode: 'skip' drops it with a warning naming it and counts it; 'error' stops.
+    corrupt_images: Literal["skip", "error"] = "skip"
+    deterministic: bool = True  # tf.data yields in a fixed order (parallel maps still run in parallel)
+    shuffle_buffer: int = 1000  # images; training only
     train: DatasetCfg = _sub(DatasetCfg, ann_file="data/coco/annotations/instances_train2017.json",
                              img_prefix="data/coco/train2017/", tfrecord="data/coco/tfrecord/train-*.tfrecord")
     val: DatasetCfg = _sub(DatasetCfg, ann_file="data/coco/annotations/instances_val2017.json",
                            img_prefix="data/coco/val2017/", tfrecord="data/coco/tfrecord/val-*.tfrecord")
     test: DatasetCfg = _sub(DatasetCfg, ann_file="data/coco/annotations/instances_val2017.json",
                             img_prefix="data/coco/val2017/", tfrecord="data/coco/tfrecord/val-*.tfrecord")
+
+    def scales(self):
+        """img_scale as a list of (long, short) pairs."""
+        return [tuple(self.img_scale)] if isinstance(self.img_scale[0], int) else [tuple(s) for s in self.img_scale]
+
+    def padded_size(self):
+        """The static (height, width) of the padded network input."""
+        if self.pad_size is not None:
+            return tuple(self.pad_size)
+        side = max(max(s) for s in self.scales())
+        side = -(-side // self.size_divisor) * self.size_divisor
+        return side, side
+
+    def _checks(self):
+        scales = self.scales()
+        if self.multiscale_mode == "range" and len(scales) not in (1, 2):
+            yield "img_scale", f"multiscale_mode 'range' takes two (long, short) pairs, got {len(scales)}"
+        if any(min(s) <= 0 for s in scales):
+            yield "img_scale", f"sides must be positive, got {list(scales)}"
+        if self.pad_size is not None and any(p % self.size_divisor for p in self.pad_size):
+            yield "pad_size", f"{list(self.pad_size)} is not a multiple of size_divisor {self.size_divisor}"
+        if not 0.0 <= self.flip_ratio <= 1.0:
+            yield "flip_ratio", f"must be in [0, 1], got {self.flip_ratio}"
+        if self.category_ids is not None and len(set(self.category_ids)) != len(self.category_ids):
+            yield "category_ids", "repeats an id"
+        if None not in (self.classes, self.category_ids) and len(self.classes) != len(self.category_ids):
+            yield "classes", f"{len(self.classes)} names for {len(self.category_ids)} category_ids"
 
 
 @dataclass
@@ -455,6 +499,11 @@ class Config(_Section):
     def _checks(self):
         if "segm" in self.evaluation.metric and not self.model.with_mask:
             yield "evaluation.metric", f"'segm' needs a mask branch, which {self.model.type} has not"
+        num_classes = self.model.roi_head.bbox_head.num_classes
+        for key in ("category_ids", "classes"):
+            given = getattr(self.data, key)
+            if given is not None and len(given) != num_classes:
+                yield f"data.{key}", f"{len(given)} entries for model.roi_head.bbox_head.num_classes {num_classes}"
 
 
 # ---------------------------------------------------------------------------------------------------

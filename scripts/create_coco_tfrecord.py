@@ -1,0 +1,43 @@
+"""Converts a COCO-format dataset (a JSON + an image folder) into sharded TFRecords with Model Garden's keys.
+
+    python scripts/create_coco_tfrecord.py --image_dir data/coco/val2017 \
+        --object_annotations_file data/coco/annotations/instances_val2017.json \
+        --output_file_prefix data/coco/tfrecord/val --num_shards 8 --include_masks --num_processes 2
+
+Flag names are Model Garden's (official/vision/data/create_coco_tf_record.py), and so are the shard names
+(`{prefix}-00000-of-00008.tfrecord`) and the feature keys: either project reads the other's files. It ends with
+a summary naming everything it skipped (missing or unreadable images, zero-area boxes, bad segmentations).
+"""
+import sys
+
+from absl import app, flags
+
+flags.DEFINE_string("image_dir", None, "Folder of the images; file_name in the JSON is relative to it.")
+flags.DEFINE_string("object_annotations_file", None, "COCO instances JSON (images, annotations, categories).")
+flags.DEFINE_string("output_file_prefix", None, "Shards are written as <prefix>-%05d-of-%05d.tfrecord.")
+flags.DEFINE_integer("num_shards", 32, "Number of output shards; image i goes to shard i % num_shards.", lower_bound=1)
+flags.DEFINE_boolean("include_masks", False, "Store one PNG instance mask per object (needed for Mask R-CNN).")
+flags.DEFINE_integer("num_processes", 1, "Worker processes that read images and rasterize masks.", lower_bound=1)
+for _name in ("image_dir", "object_annotations_file", "output_file_prefix"):
+    flags.mark_flag_as_required(_name)
+FLAGS = flags.FLAGS
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+    from tfrcnn.data.coco import CocoFormatError
+    from tfrcnn.data.tfrecord import create_coco_tfrecord
+    try:
+        report = create_coco_tfrecord(FLAGS.image_dir, FLAGS.object_annotations_file, FLAGS.output_file_prefix,
+                                      num_shards=FLAGS.num_shards, include_masks=FLAGS.include_masks,
+                                      num_processes=FLAGS.num_processes)
+    except (CocoFormatError, FileNotFoundError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    print(report.summary())
+    return 0
+
+
+if __name__ == "__main__":
+    app.run(main)
