@@ -12,12 +12,17 @@ A training batch is `(images, targets)`:
   - `ignore_boxes`: float32 [B, K, 4], regions whose anchors/proposals are neither positive nor negative
     (COCO crowd boxes, with `ignore_iof_thr`); all-zero rows are padding (optional);
   - `image_size`: int32 [B, 2], each image's true (resized, unpadded) (height, width) in the padded input.
-  Evaluation batches may carry more keys (`source_id`, `original_size`, `scale`); the models ignore them.
+  Evaluation batches also carry `source_id` string [B] (Model Garden's `image/source_id`, the COCO image id),
+  `original_size` int32 [B, 2] (the decoded image's (h, w)) and `scale` float32 [B, 2] (resized / original, per
+  axis: a box in padded-input pixels maps to original pixels by dividing y by scale[0] and x by scale[1]);
+  the models ignore them.
 """
 import tensorflow as tf
 
 GT_BOXES, GT_CLASSES, GT_MASKS = "gt_boxes", "gt_classes", "gt_masks"
 IGNORE_BOXES, IMAGE_SIZE = "ignore_boxes", "image_size"
+# Evaluation batches only: the COCO image id (string), the original (h, w), and (resized / original) per axis.
+SOURCE_ID, ORIGINAL_SIZE, SCALE = "source_id", "original_size", "scale"
 REQUIRED_KEYS = (GT_BOXES, GT_CLASSES, IMAGE_SIZE)
 
 

@@ -26,7 +26,7 @@ import sys
 
 import numpy as np
 
-LOSS_NAMES = ("rpn_cls", "rpn_bbox", "rcnn_cls", "rcnn_bbox", "mask", "total")
+LOSS_NAMES = ("rpn_cls", "rpn_bbox", "rcnn_cls", "rcnn_bbox", "mask", "loss")
 GLOBAL_BATCH, SIZE = 2, 128
 # norm_eval: BN normalizes with its moving statistics (MMDetection's default). With batch statistics each
 # replica would normalize its own image alone (plain BN is per replica, in PyTorch's DDP too), which is a

@@ -9,7 +9,7 @@ from detection_fixtures import batch_dataset, coco_ap, shapes_scenes, tiny_confi
 from tfrcnn.training.optimizer import build_optimizer
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-LOSS_NAMES = ["rpn_cls", "rpn_bbox", "rcnn_cls", "rcnn_bbox", "mask", "total"]
+LOSS_NAMES = ["rpn_cls", "rpn_bbox", "rcnn_cls", "rcnn_bbox", "mask", "loss"]
 
 
 @pytest.mark.parametrize("name,low,high,with_mask", [

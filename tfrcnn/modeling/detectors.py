@@ -41,7 +41,7 @@ class TwoStageDetector(keras.Model):
         self.rpn_head = RPNHead(m.rpn_head, config.train_cfg.rpn, name="rpn_head")
         self.roi_head = StandardRoIHead(m.roi_head, config.train_cfg.rcnn, config.test_cfg.rcnn, name="roi_head")
         self.loss_names = ["rpn_cls", "rpn_bbox", "rcnn_cls", "rcnn_bbox"] + (["mask"] if m.with_mask else [])
-        self.trackers = {name: keras.metrics.Mean(name=name) for name in self.loss_names + ["total"]}
+        self.trackers = {name: keras.metrics.Mean(name=name) for name in self.loss_names + ["loss"]}
         self._dense_forward = self._features
         if config.runtime.jit_compile:
             # XLA compiles the dense part (most of the FLOPs); NMS and crop_and_resize, which have no XLA kernels,
@@ -139,7 +139,7 @@ class TwoStageDetector(keras.Model):
         shares = sums / tf.maximum(counts, 1.0)
         logs = replica.all_reduce(tf.distribute.ReduceOp.SUM, tf.stop_gradient(shares))
         logs = {name: logs[i] for i, name in enumerate(self.loss_names)}
-        logs["total"] = tf.add_n(list(logs.values()))
+        logs["loss"] = tf.add_n(list(logs.values()))
         return tf.reduce_sum(shares), logs
 
     def _update_trackers(self, logs):
@@ -148,7 +148,8 @@ class TwoStageDetector(keras.Model):
         return {name: tracker.result() for name, tracker in self.trackers.items()}
 
     def train_step(self, data):
-        images, targets = data
+        # (images, targets) from fit; train_on_batch adds a None sample weight
+        images, targets, _ = keras.utils.unpack_x_y_sample_weight(data)
         seeds = self._seeds(images, self.optimizer.iterations)
         with tf.GradientTape() as tape:
             objective, logs = self._global_losses(self.loss_terms(images, targets, seeds, training=True))
@@ -160,7 +161,7 @@ class TwoStageDetector(keras.Model):
         return self._update_trackers(logs)
 
     def test_step(self, data):
-        images, targets = data
+        images, targets, _ = keras.utils.unpack_x_y_sample_weight(data)
         seeds = self._seeds(images, 0)
         _, logs = self._global_losses(self.loss_terms(images, targets, seeds, training=False))
         return self._update_trackers(logs)

@@ -1,0 +1,295 @@
+"""The tf.data input pipeline: TFRecords (or a COCO JSON + images) → the batches the detectors train on.
+
+Per image: parse ▸ decode (JPEG or PNG; grayscale and RGBA → RGB) ▸ gt boxes to original pixels, clipped;
+zero-area boxes dropped; crowd boxes set aside as ignore regions; categories mapped to classes 1..N ▸ each gt
+mask cropped to its box at `mask_crop_size`² (full-image masks never travel further) ▸ keep-ratio resize
+(optionally multi-scale) ▸ random horizontal flip ▸ normalize ▸ pad to the static `data.padded_size()` ▸ gt padded
+to `max_instances`. Batches are `tfrcnn.structures`' (images, targets); evaluation batches add the source id,
+the original size and the scale factors.
+
+Randomness (shuffle, scale, flip) derives from `runtime.seed` and changes every epoch, reproducibly.
+"""
+import logging
+import sys
+
+import tensorflow as tf
+
+from tfrcnn import structures
+from tfrcnn.data import coco, tfrecord
+
+AUTOTUNE = tf.data.AUTOTUNE
+log = logging.getLogger("tfrcnn.data")
+
+
+def resolve_categories(data_cfg):
+    """(category ids, class names) of the model's classes 1..N: `data.category_ids` / `data.classes`, else
+    the categories of the first split's ann_file that exists (sorted by id, as MMDetection)."""
+    if data_cfg.category_ids is not None:
+        ids = list(data_cfg.category_ids)
+        return ids, list(data_cfg.classes) if data_cfg.classes is not None else [str(i) for i in ids]
+    for split in ("train", "val", "test"):
+        ann_file = getattr(data_cfg, split).ann_file
+        if ann_file and tf.io.gfile.exists(ann_file):
+            return coco.categories(coco.load_coco(ann_file))
+    raise ValueError("data.category_ids is not set and no split's ann_file exists to read the categories from; "
+                     "set data.category_ids (and data.classes) in the config")
+
+
+class CorruptImages(list):
+    """Images skipped because they did not decode: 'source_id <id> (<filename>) in <file>' per entry."""
+
+
+def build_dataset(config, split, training, batch_size=None, input_context=None, corrupt_images=None):
+    """The batched dataset of one split of `config.data`.
+
+    Args:
+      config: a tfrcnn.config.Config.
+      split: 'train', 'val' or 'test' (the section of config.data to read).
+      training: shuffle, random scale and flip, drop images without gt (`filter_empty_gt`), drop the last
+        partial batch. Otherwise the order is the file order and every image is kept.
+      batch_size: images per batch; default data.samples_per_gpu (give the global batch when Keras' fit
+        distributes the dataset itself).
+      input_context: a tf.distribute.InputContext: this worker reads only its share of the files (or records).
+      corrupt_images: a CorruptImages list that receives each image skipped as corrupt (data.corrupt_images
+        'skip'); with 'error' a corrupt image stops the pipeline with an InvalidArgumentError naming it.
+    Returns:
+      a tf.data.Dataset of (images float32 [B, H, W, 3], targets) — see tfrcnn/structures.py; without
+      training, targets also hold source_id string [B], original_size int32 [B, 2], scale float32 [B, 2].
+    """
+    data_cfg = config.data
+    split_cfg = getattr(data_cfg, split)
+    seed = config.runtime.seed
+    with_mask = config.model.with_mask
+    category_ids, _ = resolve_categories(data_cfg)
+    records = _records(split_cfg, with_mask, training, seed, data_cfg.shuffle_buffer, input_context)
+    ds = records.map(lambda source, record: dict(tfrecord.parse_example(record), file=source),
+                     num_parallel_calls=AUTOTUNE)
+    table = tf.lookup.StaticHashTable(tf.lookup.KeyValueTensorInitializer(
+        tf.constant(category_ids, tf.int64), tf.range(1, len(category_ids) + 1, dtype=tf.int32)), -1)
+    ds = ds.map(lambda ex: dict(ex, classes=table.lookup(ex["labels"])), num_parallel_calls=AUTOTUNE)
+    if training and split_cfg.filter_empty_gt:
+        ds = ds.filter(_has_gt)
+    ds = _decode_images(ds, data_cfg.corrupt_images, corrupt_images, data_cfg.deterministic)
+    if training:
+        ds = tf.data.Dataset.zip((ds, tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True)))
+    else:
+        ds = ds.map(lambda ex: (ex, tf.constant(0, tf.int64)))
+    transform = _Transform(data_cfg, with_mask, training)
+    ds = ds.map(transform, num_parallel_calls=AUTOTUNE)
+    ds = ds.batch(batch_size or data_cfg.samples_per_gpu, drop_remainder=training, num_parallel_calls=AUTOTUNE)
+    options = tf.data.Options()
+    options.deterministic = data_cfg.deterministic
+    options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.OFF
+    return ds.with_options(options).prefetch(AUTOTUNE)
+
+
+def _records(split_cfg, with_mask, training, seed, shuffle_buffer, input_context):
+    """(source file name, serialized Example) pairs: from TFRecord shards, or converted from ann_file."""
+    pipelines = input_context.num_input_pipelines if input_context else 1
+    index = input_context.input_pipeline_id if input_context else 0
+    if split_cfg.tfrecord:
+        files = tfrecord.tfrecord_files(split_cfg.tfrecord)
+        ds = tf.data.Dataset.from_tensor_slices(files)
+        by_file = len(files) >= pipelines
+        if by_file and pipelines > 1:
+            ds = ds.shard(pipelines, index)
+        if training:
+            ds = ds.shuffle(len(files), seed=seed, reshuffle_each_iteration=True)
+        ds = ds.interleave(lambda f: tf.data.TFRecordDataset(f).map(lambda r: (f, r)),
+                           cycle_length=min(len(files), 8), num_parallel_calls=AUTOTUNE)
+    else:
+        if not (split_cfg.ann_file and split_cfg.img_prefix):
+            raise ValueError("the split sets neither a tfrecord pattern nor ann_file + img_prefix")
+        data = coco.load_coco(split_cfg.ann_file)
+        kept = []
+        for record, _, skipped, _ in tfrecord.coco_examples(data, split_cfg.img_prefix, with_mask):
+            for kind, name, reason in skipped:
+                log.warning("%s: skipped %s %s: %s", split_cfg.ann_file, kind, name, reason)
+            if record is not None:
+                kept.append(record)
+        if not kept:
+            raise ValueError(f"{split_cfg.ann_file}: no usable image under {split_cfg.img_prefix}")
+        ds = tf.data.Dataset.from_tensor_slices(kept).map(lambda r: (tf.constant(split_cfg.ann_file), r))
+        by_file = False
+    if pipelines > 1 and not by_file:
+        ds = ds.shard(pipelines, index)
+    if training:
+        ds = ds.shuffle(shuffle_buffer, seed=seed + index, reshuffle_each_iteration=True)
+    return ds
+
+
+def _has_gt(ex):
+    boxes = ex["boxes"]
+    positive = (boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1])
+    return tf.reduce_any(positive & (ex["is_crowd"] == 0) & (ex["classes"] > 0))
+
+
+def _decode_images(ds, policy, corrupt_images, deterministic):
+    """Decodes `encoded` into `image` uint8 [h, w, 3]; an image that fails is skipped (and named) or stops all.
+
+    A decode error inside a map would end the whole dataset, and `ignore_errors` alone would drop the image
+    without saying which: so each image decodes in a one-element dataset that falls back to a marked
+    placeholder, and the placeholder is reported with its source id.
+    """
+    def decode(ex):
+        image = tf.io.decode_image(ex["encoded"], channels=3, dtype=tf.uint8, expand_animations=False)
+        return dict(ex, image=image, decoded=tf.constant(True))
+
+    def checked(ex):
+        fallback = dict(ex, image=tf.zeros([0, 0, 3], tf.uint8), decoded=tf.constant(False))
+        return (tf.data.Dataset.from_tensors(ex).map(decode).ignore_errors()
+                .concatenate(tf.data.Dataset.from_tensors(fallback)).take(1))
+
+    ds = ds.interleave(checked, cycle_length=16, block_length=1, num_parallel_calls=AUTOTUNE,
+                       deterministic=deterministic)
+
+    def describe(ex):
+        return tf.strings.join(["source_id ", ex["source_id"], " (", ex["filename"], ") in ", ex["file"]])
+
+    if policy == "error":
+        def stop_if_corrupt(ex):
+            check = tf.debugging.Assert(ex["decoded"], ["corrupt image (does not decode):", describe(ex)])
+            with tf.control_dependencies([check]):
+                return dict(ex, image=tf.identity(ex["image"]))
+        return ds.map(stop_if_corrupt)
+
+    sink = corrupt_images if corrupt_images is not None else CorruptImages()
+
+    def record(name):
+        name = name.numpy().decode("utf8", "replace")
+        sink.append(name)
+        log.warning("skipped a corrupt image (%d so far): %s", len(sink), name)
+        print(f"tfrcnn.data: skipped a corrupt image ({len(sink)} so far): {name}", file=sys.stderr)
+        return False
+
+    def keep_if_decoded(ex):
+        return tf.cond(ex["decoded"], lambda: tf.constant(True),
+                       lambda: tf.py_function(record, [describe(ex)], tf.bool))
+    return ds.filter(keep_if_decoded)
+
+
+class _Transform:
+    """One decoded image + its objects → (normalized padded image, targets) at static shapes."""
+
+    def __init__(self, data_cfg, with_mask, training):
+        self.cfg, self.with_mask, self.training = data_cfg, with_mask, training
+        self.pad_h, self.pad_w = data_cfg.padded_size()
+        self.max_instances, self.crop = data_cfg.max_instances, data_cfg.mask_crop_size
+        norm = data_cfg.img_norm_cfg
+        self.mean = tf.constant(norm.mean, tf.float32)
+        self.std = tf.constant(norm.std, tf.float32)
+
+    def __call__(self, ex, random_bits):
+        seeds = tf.stack([random_bits, random_bits // 7 + 1])  # independent streams for scale and flip
+        image = ex["image"]
+        size = tf.shape(image)[:2]
+        h, w = tf.cast(size[0], tf.float32), tf.cast(size[1], tf.float32)
+        boxes = ex["boxes"] * tf.stack([h, w, h, w])
+        boxes = tf.minimum(tf.maximum(boxes, 0.0), tf.stack([h, w, h, w]))
+        valid = (boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1]) & (ex["classes"] > 0)
+        crowd = ex["is_crowd"] > 0
+        masks = self._mask_crops(ex, boxes) if self.with_mask else None
+
+        new_size = self._resized_size(h, w, seeds)
+        scale = tf.cast(new_size, tf.float32) / tf.stack([h, w])
+        image = tf.image.resize(tf.cast(image, tf.float32), new_size, method="bilinear")
+        boxes = boxes * tf.tile(scale, [2])
+        if self.training and self.cfg.flip_ratio > 0:
+            flip = tf.random.stateless_uniform([], tf.cast(seeds[1], tf.int32) * [1, 1]) < self.cfg.flip_ratio
+            new_w = tf.cast(new_size[1], tf.float32)
+            image = tf.cond(flip, lambda: image[:, ::-1], lambda: image)
+            boxes = tf.cond(flip, lambda: tf.stack(
+                [boxes[:, 0], new_w - boxes[:, 3], boxes[:, 2], new_w - boxes[:, 1]], axis=1), lambda: boxes)
+            if masks is not None:
+                masks = tf.cond(flip, lambda: masks[:, :, ::-1], lambda: masks)
+
+        if not self.cfg.img_norm_cfg.to_rgb:
+            image = image[..., ::-1]  # caffe-style weights take BGR, with the mean and std in BGR order
+        image = (image - self.mean) / self.std
+        image = tf.image.pad_to_bounding_box(image, 0, 0, self.pad_h, self.pad_w)
+
+        keep = tf.where(valid & ~crowd)[:, 0]
+        ignore = tf.where(valid & crowd)[:, 0]
+        _warn_if_cut(tf.size(keep), self.max_instances, ex["source_id"])
+        targets = {
+            structures.GT_BOXES: self._pad(tf.gather(boxes, keep)),
+            structures.GT_CLASSES: self._pad(tf.gather(ex["classes"], keep)),
+            structures.IGNORE_BOXES: self._pad(tf.gather(boxes, ignore)),
+            structures.IMAGE_SIZE: new_size,
+        }
+        if masks is not None:
+            targets[structures.GT_MASKS] = self._pad(tf.gather(masks, keep))
+        if not self.training:
+            targets[structures.SOURCE_ID] = ex["source_id"]
+            targets[structures.ORIGINAL_SIZE] = size
+            targets[structures.SCALE] = scale
+        image.set_shape([self.pad_h, self.pad_w, 3])
+        return image, targets
+
+    def _resized_size(self, h, w, seeds):
+        """int32 (new_h, new_w): MMDetection's keep-ratio rescale to a (long, short) scale, within the pad."""
+        scales = tf.constant(self.cfg.scales(), tf.float32)  # [S, 2] (long, short)
+        if not self.training or len(self.cfg.scales()) == 1:
+            long_side, short_side = scales[0, 0], scales[0, 1]
+        elif self.cfg.multiscale_mode == "range":
+            u = tf.random.stateless_uniform([2], tf.cast(seeds[0], tf.int32) * [1, 1])
+            lo, hi = tf.reduce_min(scales, 0), tf.reduce_max(scales, 0)
+            # integer sides drawn uniformly from [lo, hi] inclusive, as np.random.randint(lo, hi + 1)
+            drawn = tf.floor(lo + u * (hi - lo + 1.0))
+            long_side, short_side = drawn[0], drawn[1]
+        else:
+            pick = tf.random.stateless_uniform([], tf.cast(seeds[0], tf.int32) * [1, 1], 0, len(self.cfg.scales()),
+                                               dtype=tf.int32)
+            long_side, short_side = scales[pick, 0], scales[pick, 1]
+        if self.cfg.keep_ratio:
+            factor = tf.minimum(long_side / tf.maximum(h, w), short_side / tf.minimum(h, w))
+            factor = tf.minimum(factor, tf.minimum(self.pad_h / h, self.pad_w / w))
+            new = tf.floor(tf.stack([h, w]) * factor + 0.5)
+        else:  # MMDetection's img_scale (w, h) taken literally: (long, short) = (width, height)
+            new = tf.stack([short_side, long_side])
+        new = tf.minimum(tf.maximum(new, 1.0), [float(self.pad_h), float(self.pad_w)])
+        return tf.cast(new, tf.int32)
+
+    def _mask_crops(self, ex, boxes):
+        """float32 [N, S, S]: each full-image mask sampled at S × S bin centres over its box (original pixels)."""
+        n = tf.shape(boxes)[0]
+        count = tf.size(ex["masks"])
+        check = tf.debugging.Assert(tf.equal(count, n), [
+            "the model has a mask head but", ex["file"], "holds", count, "masks for", n, "objects of source_id",
+            ex["source_id"], "(convert with --include_masks)"])
+        with tf.control_dependencies([check]):
+            full = tf.cond(n > 0, lambda: tf.map_fn(
+                lambda png: tf.io.decode_png(png, channels=1), ex["masks"],
+                fn_output_signature=tf.TensorSpec([None, None, 1], tf.uint8)),
+                lambda: tf.zeros([0, 1, 1, 1], tf.uint8))
+        full = tf.minimum(full, 1)  # 0/1 as Model Garden writes; 0/255 from other tools
+        # A 1-pixel edge replica lets bin centres within half a pixel of the border read the edge pixel.
+        full = tf.pad(full, [[0, 0], [1, 1], [1, 1], [0, 0]], mode="SYMMETRIC")
+        hp = tf.cast(tf.shape(full)[1] - 1, tf.float32)
+        wp = tf.cast(tf.shape(full)[2] - 1, tf.float32)
+        s = float(self.crop)
+        y1, x1, y2, x2 = tf.unstack(boxes, 4, axis=1)
+        # crop_and_resize samples top*(H-1) + i*(bottom-top)*(H-1)/(S-1): pick top/bottom so that sample i
+        # lands on the bin centre y1 + (i + 0.5)(y2 - y1)/S (edge coordinates), +0.5 to pixel-centre indices,
+        # +1 for the replicated edge, i.e. -0.5 + 1.
+        first_y, last_y = y1 + 0.5 + 0.5 * (y2 - y1) / s, y1 + 0.5 + (s - 0.5) * (y2 - y1) / s
+        first_x, last_x = x1 + 0.5 + 0.5 * (x2 - x1) / s, x1 + 0.5 + (s - 0.5) * (x2 - x1) / s
+        frames = tf.stack([first_y / hp, first_x / wp, last_y / hp, last_x / wp], axis=1)
+        crops = tf.image.crop_and_resize(full, frames, tf.range(n), [self.crop, self.crop])
+        return crops[..., 0]
+
+    def _pad(self, x):
+        """The first max_instances rows of x, zero-padded to exactly max_instances."""
+        x = x[: self.max_instances]
+        padding = [[0, self.max_instances - tf.shape(x)[0]]] + [[0, 0]] * (x.shape.rank - 1)
+        x = tf.pad(x, padding)
+        x.set_shape([self.max_instances] + x.shape[1:].as_list())
+        return x
+
+
+def _warn_if_cut(count, limit, source_id):
+    def warn():
+        tf.print("tfrcnn.data: source_id", source_id, "has", count, "gt objects; data.max_instances keeps the first",
+                 limit, output_stream=sys.stderr)
+        return tf.constant(True)
+    return tf.cond(count > limit, warn, lambda: tf.constant(False))
