@@ -345,7 +345,8 @@ class DataCfg(_Section):
     workers_per_gpu: int = 2
     # (long side max, short side max), as MMDetection. A list of such pairs trains multi-scale: with
     # multiscale_mode 'range' (two pairs) each image draws its long and short side uniformly between them (the
-    # 3x ms-train: [[1333, 640], [1333, 800]]); with 'value' it draws one of the pairs.
+    # 3x ms-train: [[1333, 640], [1333, 800]]); with 'value' it draws one of the pairs. Evaluation resizes to
+    # the largest long and short sides.
     img_scale: Union[Tuple[int, int], Tuple[Tuple[int, int], ...]] = (1333, 800)
     multiscale_mode: Literal["range", "value"] = "range"
     keep_ratio: bool = True

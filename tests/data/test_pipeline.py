@@ -164,6 +164,8 @@ def test_multiscale_range_and_value(dataset):
     shorts = {min(s) for s in sizes}
     # the short side is drawn in [32, 64] (the long side limit 200 is nor the pad 128: aspect ratios are below 2)
     assert min(shorts) >= 32 and max(shorts) <= 64 and len(shorts) > 4
+    evaluated = unbatch(pipeline.build_dataset(cfg, "val", training=False))
+    assert {int(min(item["image_size"])) for item in evaluated.values()} == {64}  # evaluation: the largest scale
     cfg = make_config({"tfrecord": dataset["tfrecord"], "filter_empty_gt": False}, img_scale=[[200, 32], [200, 64]], pad_size=[128, 128],
                       multiscale_mode="value", samples_per_gpu=1, flip_ratio=0.0)
     shorts = set()

@@ -230,7 +230,8 @@ class _Transform:
         """int32 (new_h, new_w): MMDetection's keep-ratio rescale to a (long, short) scale, within the pad."""
         scales = tf.constant(self.cfg.scales(), tf.float32)  # [S, 2] (long, short)
         if not self.training or len(self.cfg.scales()) == 1:
-            long_side, short_side = scales[0, 0], scales[0, 1]
+            # evaluation takes the largest scale, as MMDetection's multi-scale configs test at (1333, 800)
+            long_side, short_side = tf.reduce_max(scales[:, 0]), tf.reduce_max(scales[:, 1])
         elif self.cfg.multiscale_mode == "range":
             u = tf.random.stateless_uniform([2], tf.cast(seeds[0], tf.int32) * [1, 1])
             lo, hi = tf.reduce_min(scales, 0), tf.reduce_max(scales, 0)
