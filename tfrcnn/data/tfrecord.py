@@ -165,7 +165,8 @@ def convert_image(image, annotations, image_dir, include_masks):
     if include_masks:
         feature[MASK] = _feature([m for _, _, m in objects], bytes)
     example = tf.train.Example(features=tf.train.Features(feature=feature))
-    return example.SerializeToString(), len(objects), skipped, clipped
+    # deterministic: a fixed feature order, so the same dataset gives the same bytes in every process
+    return example.SerializeToString(deterministic=True), len(objects), skipped, clipped
 
 
 def _convert_job(job):
