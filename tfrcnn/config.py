@@ -339,6 +339,23 @@ class DatasetCfg(_Section):
     filter_empty_gt: bool = True  # training skips images without a (non-crowd) gt box, as MMDetection
 
 
+# COCO 2017's 80 categories: model class c is category COCO_CATEGORY_IDS[c - 1], named COCO_CLASSES[c - 1].
+COCO_CATEGORY_IDS = (
+    1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 13, 14, 15, 16, 17, 18, 19, 20, 21, 22, 23, 24, 25, 27, 28, 31, 32, 33, 34,
+    35, 36, 37, 38, 39, 40, 41, 42, 43, 44, 46, 47, 48, 49, 50, 51, 52, 53, 54, 55, 56, 57, 58, 59, 60, 61, 62, 63,
+    64, 65, 67, 70, 72, 73, 74, 75, 76, 77, 78, 79, 80, 81, 82, 84, 85, 86, 87, 88, 89, 90)
+COCO_CLASSES = (
+    'person', 'bicycle', 'car', 'motorcycle', 'airplane', 'bus', 'train', 'truck', 'boat', 'traffic light',
+    'fire hydrant', 'stop sign', 'parking meter', 'bench', 'bird', 'cat', 'dog', 'horse', 'sheep', 'cow',
+    'elephant', 'bear', 'zebra', 'giraffe', 'backpack', 'umbrella', 'handbag', 'tie', 'suitcase', 'frisbee',
+    'skis', 'snowboard', 'sports ball', 'kite', 'baseball bat', 'baseball glove', 'skateboard', 'surfboard',
+    'tennis racket', 'bottle', 'wine glass', 'cup', 'fork', 'knife', 'spoon', 'bowl', 'banana', 'apple',
+    'sandwich', 'orange', 'broccoli', 'carrot', 'hot dog', 'pizza', 'donut', 'cake', 'chair', 'couch',
+    'potted plant', 'bed', 'dining table', 'toilet', 'tv', 'laptop', 'mouse', 'remote', 'keyboard', 'cell phone',
+    'microwave', 'oven', 'toaster', 'sink', 'refrigerator', 'book', 'clock', 'vase', 'scissors', 'teddy bear',
+    'hair drier', 'toothbrush')
+
+
 @dataclass
 class DataCfg(_Section):
     samples_per_gpu: int = 2
@@ -361,8 +378,8 @@ class DataCfg(_Section):
     mask_crop_size: int = 112  # gt masks are stored cropped to their boxes at this size
     # The dataset's category id of each model class, in class order (class c is category_ids[c - 1]), and
     # their names (MMDetection's `classes`). null: read from ann_file (its categories sorted by id).
-    category_ids: Optional[Tuple[int, ...]] = None
-    classes: Optional[Tuple[str, ...]] = None
+    category_ids: Optional[Tuple[int, ...]] = COCO_CATEGORY_IDS
+    classes: Optional[Tuple[str, ...]] = COCO_CLASSES
     # An image that does not decode: 'skip' drops it with a warning naming it and counts it; 'error' stops.
     corrupt_images: Literal["skip", "error"] = "skip"
     deterministic: bool = True  # tf.data yields in a fixed order (parallel maps still run in parallel)

@@ -18,7 +18,7 @@ MEAN, STD = np.array([123.675, 116.28, 103.53]), np.array([58.395, 57.12, 57.375
 
 def make_config(train, val=None, with_mask=True, **data):
     data = {"img_scale": [96, 64], "pad_size": [96, 96], "max_instances": 6, "mask_crop_size": CROP,
-            "samples_per_gpu": 2, "category_ids": CATEGORY_IDS, "train": train, "val": val or train, **data}
+            "samples_per_gpu": 2, "category_ids": CATEGORY_IDS, "classes": None, "train": train, "val": val or train, **data}
     roi_head = {"bbox_head": {"num_classes": 3}, "mask_head": {"num_classes": 3}}
     model = {"roi_head": roi_head}
     if not with_mask:
@@ -200,7 +200,7 @@ def test_category_subset_drops_other_categories_and_max_instances_cuts(dataset):
     cfg = Config.from_dict({
         "model": {"roi_head": {"bbox_head": {"num_classes": 1}, "mask_head": {"num_classes": 1}}},
         "data": {"img_scale": [96, 64], "pad_size": [96, 96], "max_instances": 1, "mask_crop_size": CROP,
-                 "category_ids": [3], "train": {"tfrecord": dataset["tfrecord"]},
+                 "category_ids": [3], "classes": ["trois"], "train": {"tfrecord": dataset["tfrecord"]},
                  "val": {"tfrecord": dataset["tfrecord"]}}})
     items = unbatch(pipeline.build_dataset(cfg, "val", training=False))
     # image 1 holds two category-3 objects (ids 12 and 14): max_instances 1 keeps the first
@@ -289,7 +289,7 @@ def test_batches_train_a_detector(dataset):
     cfg = load_config(os.path.join(os.path.dirname(__file__), "..", "modeling", "configs", "mask_rcnn_r18_tiny.yaml"))
     d = cfg.to_dict()
     d["model"]["roi_head"]["bbox_head"]["num_classes"] = d["model"]["roi_head"]["mask_head"]["num_classes"] = 3
-    d["data"].update(img_scale=[128, 128], pad_size=[128, 128], max_instances=8, category_ids=CATEGORY_IDS,
+    d["data"].update(img_scale=[128, 128], pad_size=[128, 128], max_instances=8, category_ids=CATEGORY_IDS, classes=None,
                      train={"tfrecord": dataset["tfrecord"], "filter_empty_gt": True})
     cfg = Config.from_dict(d)
     model = tfrcnn.build_model(cfg, build_size=(128, 128))
