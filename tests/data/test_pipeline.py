@@ -316,3 +316,45 @@ def test_eval_batches_fed_back_as_detections_score_ap_1(dataset):
     # masks pasted back from 16x16 crops lose a little at the triangles' edges, never a whole IoU step
     assert metrics["bbox"]["AP"] == pytest.approx(1.0, abs=1e-9)
     assert metrics["segm"]["AP"] == pytest.approx(1.0, abs=1e-9)
+
+
+def _png(array):
+    buf = io.BytesIO()
+    Image.fromarray(array).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def test_model_garden_example_with_masks_goes_through_the_pipeline(tmp_path):
+    """An Example written the way Model Garden's create_coco_tf_record.py writes it (format 'jpg', sha256 key,
+    class text, crowd flags, areas, one full-image 0/1 PNG per object), built here by hand, feeds a Mask R-CNN."""
+    h, w = 40, 60
+    image = np.zeros((h, w, 3), np.uint8)
+    mask = np.zeros((h, w), np.uint8)
+    mask[10:30, 12:36] = 1  # a 20x24 rectangle: box x 12..36, y 10..30
+    crowd = np.zeros((h, w), np.uint8)
+    crowd[0:8, 40:60] = 1
+    ints = lambda v: tf.train.Feature(int64_list=tf.train.Int64List(value=v))
+    floats = lambda v: tf.train.Feature(float_list=tf.train.FloatList(value=v))
+    strings = lambda v: tf.train.Feature(bytes_list=tf.train.BytesList(value=v))
+    feature = {
+        "image/height": ints([h]), "image/width": ints([w]),
+        "image/filename": strings([b"000000000042.jpg"]), "image/source_id": strings([b"42"]),
+        "image/key/sha256": strings([b"0" * 64]), "image/encoded": strings([_png(image)]),
+        "image/format": strings([b"jpg"]),  # Model Garden writes 'jpg' whatever the bytes are
+        "image/object/bbox/xmin": floats([12 / w, 40 / w]), "image/object/bbox/xmax": floats([36 / w, 1.0]),
+        "image/object/bbox/ymin": floats([10 / h, 0.0]), "image/object/bbox/ymax": floats([30 / h, 8 / h]),
+        "image/object/class/text": strings([b"dix-sept", b"trois"]),
+        "image/object/class/label": ints([17, 3]), "image/object/is_crowd": ints([0, 1]),
+        "image/object/area": floats([480.0, 160.0]), "image/object/mask": strings([_png(mask), _png(crowd)]),
+    }
+    path = str(tmp_path / "mg-00000-of-00001.tfrecord")
+    with tf.io.TFRecordWriter(path) as writer:
+        writer.write(tf.train.Example(features=tf.train.Features(feature=feature)).SerializeToString())
+    item = unbatch(pipeline.build_dataset(make_config({"tfrecord": path}, samples_per_gpu=1), "val",
+                                          training=False))[42]
+    scale = item["scale"]  # (64 / 40, 96 / 60) = (1.6, 1.6)
+    np.testing.assert_allclose(scale, [1.6, 1.6])
+    np.testing.assert_allclose(item["gt_boxes"][0], [16, 19.2, 48, 57.6], atol=1e-4)
+    assert item["gt_classes"].tolist() == [2, 0, 0, 0, 0, 0]
+    np.testing.assert_allclose(item["ignore_boxes"][0], [0, 64, 12.8, 96], atol=1e-4)
+    np.testing.assert_allclose(item["gt_masks"][0], np.ones((CROP, CROP)), atol=1e-6)  # the mask fills its box
