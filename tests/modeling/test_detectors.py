@@ -91,12 +91,13 @@ def overfit(cfg, steps, size=256, num_images=4):
     return coco_ap(targets, full_masks, detections, with_mask=cfg.model.with_mask)
 
 
-# The issue allows at most 300 steps; 150 reach AP50 1.0 (100 already do), and keep the suite short.
+# The issue allows at most 300 steps; 100 reach AP50 1.0 for both models (measured: Mask R-CNN bbox/segm AP
+# 0.83/0.87, Faster R-CNN AP 0.76), which keeps the suite short.
 def test_mask_rcnn_overfits_four_images():
-    stats = overfit(tiny_config(), steps=150)
+    stats = overfit(tiny_config(), steps=100)
     assert stats["bbox"][1] >= 0.9 and stats["segm"][1] >= 0.9, {k: v[:2] for k, v in stats.items()}
 
 
 def test_faster_rcnn_overfits_four_images():
-    stats = overfit(tiny_config(faster=True), steps=150)
+    stats = overfit(tiny_config(faster=True), steps=100)
     assert stats["bbox"][1] >= 0.9, stats["bbox"][:2]
