@@ -358,3 +358,16 @@ def test_model_garden_example_with_masks_goes_through_the_pipeline(tmp_path):
     assert item["gt_classes"].tolist() == [2, 0, 0, 0, 0, 0]
     np.testing.assert_allclose(item["ignore_boxes"][0], [0, 64, 12.8, 96], atol=1e-4)
     np.testing.assert_allclose(item["gt_masks"][0], np.ones((CROP, CROP)), atol=1e-6)  # the mask fills its box
+
+
+def test_preprocess_for_inference_is_the_eval_batch(dataset):
+    """Exported models preprocess with preprocess_for_inference: it must give the evaluation batch's image."""
+    cfg = make_config({"tfrecord": dataset["tfrecord"]}, img_norm_cfg={"mean": [1, 2, 3], "std": [4, 5, 6],
+                                                                      "to_rgb": False})
+    items = unbatch(pipeline.build_dataset(cfg, "val", training=False))
+    for image_id, name in [(1, "scène_1.png"), (2, "gray.png")]:
+        rgb = np.asarray(Image.open(os.path.join(dataset["img_prefix"], name)).convert("RGB"))
+        image, size, scale = pipeline.preprocess_for_inference(tf.constant(rgb), cfg.data)
+        np.testing.assert_array_equal(size.numpy(), items[image_id]["image_size"])
+        np.testing.assert_array_equal(scale.numpy(), items[image_id]["scale"])
+        np.testing.assert_allclose(image.numpy(), items[image_id]["image"], atol=1e-5)

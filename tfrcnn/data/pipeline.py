@@ -168,16 +168,63 @@ def _decode_images(ds, policy, corrupt_images, deterministic):
     return ds.filter(keep_if_decoded)
 
 
+def resized_size(height, width, long_side, short_side, data_cfg):
+    """int32 (new_h, new_w): MMDetection's rescale of an (h, w) image to a (long, short) scale, within the pad.
+
+    keep_ratio: factor min(long / max(h, w), short / min(h, w)), also small enough to fit data.padded_size(),
+    sides rounded half up; otherwise (short, long) literally, as MMDetection's (w, h) img_scale. Float scalars in.
+    """
+    pad_h, pad_w = data_cfg.padded_size()
+    h, w = tf.cast(height, tf.float32), tf.cast(width, tf.float32)
+    if data_cfg.keep_ratio:
+        factor = tf.minimum(long_side / tf.maximum(h, w), short_side / tf.minimum(h, w))
+        factor = tf.minimum(factor, tf.minimum(pad_h / h, pad_w / w))
+        new = tf.floor(tf.stack([h, w]) * factor + 0.5)
+    else:
+        new = tf.stack([short_side, long_side])
+    new = tf.minimum(tf.maximum(new, 1.0), [float(pad_h), float(pad_w)])
+    return tf.cast(new, tf.int32)
+
+
+def inference_scale(data_cfg):
+    """The (long, short) scale of evaluation and inference: the largest of img_scale, as MMDetection's multi-scale
+    configs test at (1333, 800)."""
+    return max(s[0] for s in data_cfg.scales()), max(s[1] for s in data_cfg.scales())
+
+
+def normalize_and_pad(image, data_cfg):
+    """float32 [h, w, 3] RGB in 0..255 → normalized (BGR first when img_norm_cfg.to_rgb is false), zero-padded at
+    the bottom and right to data.padded_size(): float32 [H, W, 3]."""
+    norm = data_cfg.img_norm_cfg
+    pad_h, pad_w = data_cfg.padded_size()
+    if not norm.to_rgb:
+        image = image[..., ::-1]  # caffe-style weights take BGR, with the mean and std in BGR order
+    image = (image - tf.constant(norm.mean, tf.float32)) / tf.constant(norm.std, tf.float32)
+    size = tf.shape(image)
+    # tf.pad: half the time of pad_to_bounding_box, which pads through a generic slice-and-concat
+    image = tf.pad(image, [[0, pad_h - size[0]], [0, pad_w - size[1]], [0, 0]])
+    image.set_shape([pad_h, pad_w, 3])
+    return image
+
+
+def preprocess_for_inference(image, data_cfg):
+    """One decoded RGB image (uint8 or float [h, w, 3], any size) → what evaluation batches hold for it:
+    (normalized padded image float32 [H, W, 3], image_size int32 [2] (resized h, w), scale float32 [2]
+    (resized / original per axis)). Exported models run exactly this."""
+    size = tf.shape(image)[:2]
+    long_side, short_side = inference_scale(data_cfg)
+    new_size = resized_size(size[0], size[1], float(long_side), float(short_side), data_cfg)
+    scale = tf.cast(new_size, tf.float32) / tf.cast(size, tf.float32)
+    resized = tf.image.resize(tf.cast(image, tf.float32), new_size, method="bilinear")
+    return normalize_and_pad(resized, data_cfg), new_size, scale
+
+
 class _Transform:
     """One decoded image + its objects → (normalized padded image, targets) at static shapes."""
 
     def __init__(self, data_cfg, with_mask, training):
         self.cfg, self.with_mask, self.training = data_cfg, with_mask, training
-        self.pad_h, self.pad_w = data_cfg.padded_size()
         self.max_instances, self.crop = data_cfg.max_instances, data_cfg.mask_crop_size
-        norm = data_cfg.img_norm_cfg
-        self.mean = tf.constant(norm.mean, tf.float32)
-        self.std = tf.constant(norm.std, tf.float32)
 
     def __call__(self, ex, random_bits):
         seeds = tf.stack([random_bits, random_bits // 7 + 1])  # independent streams for scale and flip
@@ -203,11 +250,7 @@ class _Transform:
             if masks is not None:
                 masks = tf.cond(flip, lambda: masks[:, :, ::-1], lambda: masks)
 
-        if not self.cfg.img_norm_cfg.to_rgb:
-            image = image[..., ::-1]  # caffe-style weights take BGR, with the mean and std in BGR order
-        image = (image - self.mean) / self.std
-        # tf.pad: half the time of pad_to_bounding_box, which pads through a generic slice-and-concat
-        image = tf.pad(image, [[0, self.pad_h - new_size[0]], [0, self.pad_w - new_size[1]], [0, 0]])
+        image = normalize_and_pad(image, self.cfg)
 
         keep = tf.where(valid & ~crowd)[:, 0]
         ignore = tf.where(valid & crowd)[:, 0]
@@ -224,15 +267,13 @@ class _Transform:
             targets[structures.SOURCE_ID] = ex["source_id"]
             targets[structures.ORIGINAL_SIZE] = size
             targets[structures.SCALE] = scale
-        image.set_shape([self.pad_h, self.pad_w, 3])
         return image, targets
 
     def _resized_size(self, h, w, seeds):
         """int32 (new_h, new_w): MMDetection's keep-ratio rescale to a (long, short) scale, within the pad."""
         scales = tf.constant(self.cfg.scales(), tf.float32)  # [S, 2] (long, short)
         if not self.training or len(self.cfg.scales()) == 1:
-            # evaluation takes the largest scale, as MMDetection's multi-scale configs test at (1333, 800)
-            long_side, short_side = tf.reduce_max(scales[:, 0]), tf.reduce_max(scales[:, 1])
+            long_side, short_side = (float(x) for x in inference_scale(self.cfg))
         elif self.cfg.multiscale_mode == "range":
             u = tf.random.stateless_uniform([2], tf.cast(seeds[0], tf.int32) * [1, 1])
             lo, hi = tf.reduce_min(scales, 0), tf.reduce_max(scales, 0)
@@ -243,14 +284,7 @@ class _Transform:
             pick = tf.random.stateless_uniform([], tf.cast(seeds[0], tf.int32) * [1, 1], 0, len(self.cfg.scales()),
                                                dtype=tf.int32)
             long_side, short_side = scales[pick, 0], scales[pick, 1]
-        if self.cfg.keep_ratio:
-            factor = tf.minimum(long_side / tf.maximum(h, w), short_side / tf.minimum(h, w))
-            factor = tf.minimum(factor, tf.minimum(self.pad_h / h, self.pad_w / w))
-            new = tf.floor(tf.stack([h, w]) * factor + 0.5)
-        else:  # MMDetection's img_scale (w, h) taken literally: (long, short) = (width, height)
-            new = tf.stack([short_side, long_side])
-        new = tf.minimum(tf.maximum(new, 1.0), [float(self.pad_h), float(self.pad_w)])
-        return tf.cast(new, tf.int32)
+        return resized_size(h, w, long_side, short_side, self.cfg)
 
     def _mask_crops(self, ex, boxes):
         """float32 [N, S, S]: each full-image mask sampled at S × S bin centres over its box (original pixels)."""
