@@ -432,3 +432,24 @@ def test_segm_metric_needs_a_mask_branch():
 def test_malformed_files(tmp_path, text, message):
     with pytest.raises(ConfigError, match=message):
         load_config(write(tmp_path, "x.yaml", text))
+
+
+def test_several_files_merge_in_order(tmp_path):
+    first = write(tmp_path, "a.yaml", """\
+        _base_: base.yaml
+        optimizer: {lr: 0.01}
+    """)
+    write(tmp_path, "base.yaml", """\
+        optimizer: {momentum: 0.5}
+        model: {backbone: {depth: 101}}
+    """)
+    second = write(tmp_path, "b.yaml", """\
+        model: {backbone: {frozen_stages: -1}}
+        optimizer: {lr: 0.04}
+    """)
+    cfg = load_config([first, second], "optimizer.weight_decay=0.0")
+    assert (cfg.optimizer.lr, cfg.optimizer.momentum, cfg.optimizer.weight_decay) == (0.04, 0.5, 0.0)
+    assert (cfg.model.backbone.depth, cfg.model.backbone.frozen_stages) == (101, -1)
+    with pytest.raises(ConfigError, match=r"base\.yaml: model\.backbone\.depth: expected one of"):
+        write(tmp_path, "base.yaml", "model: {backbone: {depth: 7}}\n")
+        load_config([first, second])

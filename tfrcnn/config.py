@@ -847,19 +847,26 @@ def load_config(path, overrides=None):
 
     Args:
       path: a YAML file; its `_base_` (a path or list of paths, relative to the file) merge first, left
-        to right, then the file itself.
+        to right, then the file itself. A list of files merges them in order, each (with its bases) onto
+        the previous ones, as repeated `--config_file` flags do.
       overrides: optional `a.b=c,d.e=f` string (or list of them), as `--params_override` takes.
     Returns:
       The `Config`. Raises `ConfigError` naming the file (or override) and dotted key of any problem.
     """
-    path = os.fspath(path)
-    if not os.path.isfile(path):
-        raise ConfigError(f"{path}: config file not found: {os.path.abspath(path)}")
-    by_key = {}
-    tree = _load_tree(path, [], by_key)
+    paths = [os.fspath(p) for p in (path if isinstance(path, (list, tuple)) else [path])]
+    if not paths:
+        raise ConfigError("no config file given")
+    by_key, tree = {}, {}
+    for p in paths:
+        if not os.path.isfile(p):
+            raise ConfigError(f"{p}: config file not found: {os.path.abspath(p)}")
+        layer_keys = {}
+        layer = _load_tree(p, [], layer_keys)
+        tree = _merge(tree, layer, p, by_key) if tree else layer
+        by_key.update(layer_keys)
     if overrides:
         tree = apply_overrides(tree, overrides, origins=by_key)
-    return _build(Config, tree, "", _Origins(path, by_key))
+    return _build(Config, tree, "", _Origins(paths[-1], by_key))
 
 
 def dump_config(cfg):
