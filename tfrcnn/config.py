@@ -469,7 +469,8 @@ class RunnerCfg(_Section):
 
 @dataclass
 class CheckpointCfg(_Section):
-    interval: int = 1  # epochs
+    interval: int = 1  # epochs, or iterations with by_epoch false (MMDetection's CheckpointHook)
+    by_epoch: bool = True
     max_keep: int = 5
 
 

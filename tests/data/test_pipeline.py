@@ -371,3 +371,9 @@ def test_preprocess_for_inference_is_the_eval_batch(dataset):
         np.testing.assert_array_equal(size.numpy(), items[image_id]["image_size"])
         np.testing.assert_array_equal(scale.numpy(), items[image_id]["scale"])
         np.testing.assert_allclose(image.numpy(), items[image_id]["image"], atol=1e-5)
+
+
+def test_count_images(dataset):
+    cfg = make_config({"tfrecord": dataset["tfrecord"]})
+    assert pipeline.count_images(cfg, "train", training=True) == 3  # image 4 has no gt
+    assert pipeline.count_images(cfg, "val", training=False) == 4

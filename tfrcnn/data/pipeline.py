@@ -64,8 +64,7 @@ def build_dataset(config, split, training, batch_size=None, input_context=None, 
     records = _records(split_cfg, with_mask, training, seed, data_cfg.shuffle_buffer, input_context)
     ds = records.map(lambda source, record: dict(tfrecord.parse_example(record), file=source),
                      num_parallel_calls=AUTOTUNE)
-    table = tf.lookup.StaticHashTable(tf.lookup.KeyValueTensorInitializer(
-        tf.constant(category_ids, tf.int64), tf.range(1, len(category_ids) + 1, dtype=tf.int32)), -1)
+    table = _class_table(category_ids)
     ds = ds.map(lambda ex: dict(ex, classes=table.lookup(ex["labels"])), num_parallel_calls=AUTOTUNE)
     if training and split_cfg.filter_empty_gt:
         ds = ds.filter(_has_gt)
@@ -81,6 +80,25 @@ def build_dataset(config, split, training, batch_size=None, input_context=None, 
     options.deterministic = data_cfg.deterministic
     options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.OFF
     return ds.with_options(options).prefetch(AUTOTUNE)
+
+
+def _class_table(category_ids):
+    """Category id → class 1..N; -1 for ids outside category_ids (dropped, as MMDetection's `classes`)."""
+    return tf.lookup.StaticHashTable(tf.lookup.KeyValueTensorInitializer(
+        tf.constant(category_ids, tf.int64), tf.range(1, len(category_ids) + 1, dtype=tf.int32)), -1)
+
+
+def count_images(config, split, training=True):
+    """How many images one pass of the split yields: all of them, or with `training` those that
+    `filter_empty_gt` keeps (corrupt images are not detected here). Reads every record once."""
+    split_cfg = getattr(config.data, split)
+    category_ids, _ = resolve_categories(config.data)
+    records = _records(split_cfg, False, False, 0, 1, None)
+    ds = records.map(lambda source, record: tfrecord.parse_example(record), num_parallel_calls=AUTOTUNE)
+    if training and split_cfg.filter_empty_gt:
+        table = _class_table(category_ids)
+        ds = ds.map(lambda ex: dict(ex, classes=table.lookup(ex["labels"]))).filter(_has_gt)
+    return int(ds.reduce(tf.constant(0, tf.int64), lambda count, _: count + 1))
 
 
 def _records(split_cfg, with_mask, training, seed, shuffle_buffer, input_context):

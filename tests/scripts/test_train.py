@@ -1,0 +1,98 @@
+"""scripts/train.py as a user runs it: a real process, killed with SIGKILL and started again."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from tfrcnn.data.shapes import generate_shapes_dataset
+
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+TRAIN = os.path.join(REPO, "scripts", "train.py")
+CONFIG = os.path.join(REPO, "configs", "mask_rcnn_r18_fpn_shapes.yaml")
+
+
+@pytest.fixture(scope="module")
+def shapes(tmp_path_factory):
+    return generate_shapes_dataset(str(tmp_path_factory.mktemp("shapes")), num_train=16, num_val=4, image_size=64,
+                                   num_shards=1)
+
+
+def overrides(shapes, **extra):
+    values = {"data.train.tfrecord": shapes.train_tfrecords, "data.val.tfrecord": shapes.val_tfrecords,
+              "data.val.ann_file": shapes.val_annotations, "data.img_scale": "[64,64]", "data.pad_size": "[64,64]",
+              "runner.max_epochs": 3, "checkpoint_config.interval": 2, "log_config.interval": 1,
+              "test_cfg.rcnn.score_thr": 0.0, **extra}
+    return ",".join(f"{k}={v}" for k, v in values.items())
+
+
+def command(shapes, model_dir, **extra):
+    return [sys.executable, TRAIN, "--config_file", CONFIG, "--model_dir", str(model_dir),
+            "--params_override", overrides(shapes, **extra)]
+
+
+ENV = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
+
+
+def test_sigkill_then_rerun_resumes_and_eval_writes_metrics(shapes, tmp_path):
+    model_dir = tmp_path / "run"
+    # 16 images / batch 4 = 4 steps an epoch, 3 epochs = 12 steps, a checkpoint every 2 steps
+    process = subprocess.Popen(command(shapes, model_dir), env=ENV, stdout=subprocess.PIPE,
+                               stderr=subprocess.STDOUT, text=True)
+    deadline = time.time() + 240
+    while not (model_dir / "ckpt-4.index").exists():
+        assert process.poll() is None, process.stdout.read()
+        assert time.time() < deadline, "no checkpoint at step 4 within 240 s"
+        time.sleep(0.2)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    killed_at = max(int(n[5:-6]) for n in os.listdir(model_dir) if n.startswith("ckpt-") and n.endswith(".index"))
+    assert 4 <= killed_at < 12
+    out = subprocess.run(command(shapes, model_dir), env=ENV, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert f"resumed from {model_dir / f'ckpt-{killed_at}'} at step {killed_at}" in out.stdout
+    steps = [int(line.split()[1].split("/")[0]) for line in out.stdout.splitlines() if line.startswith("step ")]
+    assert steps[0] == killed_at + 1 and steps[-1] == 12  # the global step continued, nothing redone or lost
+    assert (model_dir / "ckpt-12.index").exists() and (model_dir / "config.yaml").exists()
+    assert os.listdir(model_dir / "logs")
+
+    out = subprocess.run(command(shapes, model_dir) + ["--mode", "eval"], env=ENV, capture_output=True, text=True,
+                         timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    metrics = json.loads((model_dir / "metrics.json").read_text())
+    assert set(metrics) >= {"bbox", "segm"}
+    assert set(metrics["bbox"]) >= {"AP", "AP50", "AP75", "APs", "APm", "APl", "AR1", "AR10", "AR100", "per_class"}
+    assert "per-class AP" in (model_dir / "metrics.txt").read_text()
+
+
+def test_nan_loss_stops_with_the_step_and_keeps_the_last_good_checkpoint(shapes, tmp_path):
+    model_dir = tmp_path / "nan"
+    out = subprocess.run(command(shapes, model_dir, **{"optimizer.lr": "1e30", "optimizer_config.grad_clip": "null",
+                                                       "lr_config.warmup": "null"}),
+                         env=ENV, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 1
+    errors = [line for line in out.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "the loss is nan at step" in errors[0].replace("inf", "nan"), out.stderr[-2000:]
+    assert "Traceback" not in out.stderr
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--config_file", "nope.yaml"], "nope.yaml: config file not found"),
+    (["--config_file", CONFIG, "--params_override", "model.backbone.depth=7"], "model.backbone.depth: expected one of"),
+])
+def test_bad_input_is_one_error_line(tmp_path, args, message):
+    out = subprocess.run([sys.executable, TRAIN, "--model_dir", str(tmp_path / "x")] + args, env=ENV,
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 1 and "Traceback" not in out.stderr
+    errors = [line for line in out.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and message in errors[0], out.stderr[-2000:]
+
+
+def test_help_documents_every_flag():
+    out = subprocess.run([sys.executable, TRAIN, "--helpfull"], env=ENV, capture_output=True, text=True, timeout=120)
+    for flag in ("config_file", "params_override", "model_dir", "mode", "init_checkpoint", "strategy",
+                 "mixed_precision", "shapes_dir"):
+        assert f"--{flag}" in out.stdout
