@@ -67,6 +67,14 @@ def test_sigkill_then_rerun_resumes_and_eval_writes_metrics(shapes, tmp_path):
     assert set(metrics["bbox"]) >= {"AP", "AP50", "AP75", "APs", "APm", "APl", "AR1", "AR10", "AR100", "per_class"}
     assert "per-class AP" in (model_dir / "metrics.txt").read_text()
 
+    # scripts/evaluate.py on the same run: a quick look at 2 images, written elsewhere
+    out = subprocess.run([sys.executable, os.path.join(REPO, "scripts", "evaluate.py"), "--model_dir",
+                          str(model_dir), "--max_images", "2", "--output_dir", str(tmp_path / "eval")],
+                         env=ENV, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "ckpt-12: metrics written to" in out.stdout
+    assert set(json.loads((tmp_path / "eval" / "metrics.json").read_text())) >= {"bbox", "segm"}
+
 
 def test_nan_loss_stops_with_the_step_and_keeps_the_last_good_checkpoint(shapes, tmp_path):
     model_dir = tmp_path / "nan"
@@ -89,6 +97,15 @@ def test_bad_input_is_one_error_line(tmp_path, args, message):
     assert out.returncode == 1 and "Traceback" not in out.stderr
     errors = [line for line in out.stderr.splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and message in errors[0], out.stderr[-2000:]
+
+
+def test_evaluate_names_a_missing_run(tmp_path):
+    out = subprocess.run([sys.executable, os.path.join(REPO, "scripts", "evaluate.py"), "--model_dir",
+                          str(tmp_path / "nothing")], env=ENV, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 1 and "Traceback" not in out.stderr
+    errors = [line for line in out.stderr.splitlines() if line.startswith("error:")]
+    assert errors == [f"error: {tmp_path / 'nothing' / 'config.yaml'}: no such file (is {tmp_path / 'nothing'} a "
+                      "training run's model_dir?)"]
 
 
 def test_help_documents_every_flag():
