@@ -85,13 +85,38 @@ def _shapes_paths(shapes):
             f"data.val.ann_file={shapes.val_annotations},data.val.img_prefix={shapes.val_image_dir}"]
 
 
-def _finish_main_job(config, metrics):
+def _finish_main_job(config, metrics, num_drawn=8):
+    """Exports the trained model and draws its predictions on the first val images."""
+    import glob
+
+    import numpy as np
+    from PIL import Image
+
+    from tfrcnn.export import DetectionModule, export_saved_model
+    from tfrcnn.training.checkpoints import load_model
+    from tfrcnn.visualize import draw_detections
+
     model_dir = FLAGS.model_dir
+    model, config, _ = load_model(model_dir)
+    export_dir = os.path.join(model_dir, "saved_model")
+    export_saved_model(model, config, export_dir, input_types=("image_tensor", "image_bytes"))
+    module = DetectionModule(model, config, paste_masks=True)
+    drawn_dir = os.path.join(model_dir, "predictions")
+    os.makedirs(drawn_dir, exist_ok=True)
+    for path in sorted(glob.glob(os.path.join(config.data.val.img_prefix, "*.jpg")))[:num_drawn]:
+        image = np.asarray(Image.open(path).convert("RGB"))
+        out = {k: v[0].numpy() for k, v in module.detect(image[None]).items()}
+        n = int(out["num_detections"])
+        picture = draw_detections(image, out["detection_boxes"][:n], out["detection_classes"][:n],
+                                  out["detection_scores"][:n], module.label_map, out["detection_masks_image"][:n])
+        Image.fromarray(picture).save(os.path.join(drawn_dir, os.path.splitext(os.path.basename(path))[0] + ".png"))
     print(f"\nbbox AP {metrics['bbox']['AP']:.3f}, segm AP {metrics['segm']['AP']:.3f} on the shapes val split")
-    print(f"  config:      {os.path.join(model_dir, 'config.yaml')}")
-    print(f"  checkpoints: {model_dir}/ckpt-*")
-    print(f"  metrics:     {os.path.join(model_dir, 'metrics.json')}")
-    print(f"  TensorBoard: tensorboard --logdir {os.path.join(model_dir, 'logs')}")
+    print(f"  config:       {os.path.join(model_dir, 'config.yaml')}")
+    print(f"  checkpoints:  {model_dir}/ckpt-*")
+    print(f"  metrics:      {os.path.join(model_dir, 'metrics.json')}")
+    print(f"  SavedModel:   {export_dir}")
+    print(f"  predictions:  {drawn_dir}/*.png")
+    print(f"  TensorBoard:  tensorboard --logdir {os.path.join(model_dir, 'logs')}")
 
 
 if __name__ == "__main__":
