@@ -1,4 +1,4 @@
-"""Measures the input pipeline alone: training batches per second, exactly as `fit` would receive them.
+r"""Measures the input pipeline alone: training batches per second, exactly as `fit` would receive them.
 
     python scripts/benchmark_input.py --config_file configs/mask_rcnn_r50_fpn_1x_coco.yaml \
         --params_override data.train.tfrecord=data/coco/tfrecord/train-*.tfrecord --num_batches 100
@@ -9,22 +9,30 @@ prints images/s. With `--train_steps N` it also builds the config's model and ti
 batches already in memory (after one untimed step that traces the graph), and prints which share of a step the
 input pipeline would take if it ran serially, not overlapped by prefetching as in `fit`.
 """
+import os
 import time
 
-from absl import app, flags
+from absl import flags
 
-flags.DEFINE_string("config_file", "configs/mask_rcnn_r50_fpn_1x_coco.yaml", "Config file.")
-flags.DEFINE_string("params_override", None, "Overrides as a.b=c,d.e=f.")
-flags.DEFINE_string("split", "train", "Section of config.data to read: train, val or test.")
+import _cli
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+flags.DEFINE_multi_string("config_file", [os.path.join(REPO, "configs", "mask_rcnn_r50_fpn_1x_coco.yaml")],
+                          "A YAML config; several merge in order, later files winning")
+flags.DEFINE_string("params_override", None, "Config overrides as a.b=c,d.e=f, applied after the config files, "
+                    "e.g. data.train.tfrecord=data/train-*.tfrecord. Default: none.")
+flags.DEFINE_enum("split", "train", ["train", "val", "test"], "Section of config.data to read (always with the "
+                  "training pipeline: flips, shuffling, repeat).")
 flags.DEFINE_integer("num_batches", 50, "Batches to time.", lower_bound=1)
 flags.DEFINE_integer("warmup", 5, "Batches read before timing starts.", lower_bound=0)
-flags.DEFINE_integer("train_steps", 0, "Also time this many training steps of the config's model.", lower_bound=0)
+flags.DEFINE_integer("train_steps", 0, "Also time this many training steps of the config's model (0: none).",
+                     lower_bound=0)
 FLAGS = flags.FLAGS
 
 
-def main(argv):
-    if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+def main(_):
+    _cli.check_config_files(FLAGS.config_file)  # before TensorFlow loads
     from tfrcnn.config import load_config
     from tfrcnn.data.pipeline import build_dataset
     config = load_config(FLAGS.config_file, FLAGS.params_override)
@@ -64,4 +72,4 @@ def _train_step_seconds(config, batches):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    _cli.run(main)

@@ -10,32 +10,31 @@ enough to show what each op does with the config's values. The picture goes to `
 """
 import os
 
-import numpy as np
-import tensorflow as tf
-from absl import app, flags
-from PIL import Image, ImageDraw
+from absl import flags
 
-import tfrcnn
-from tfrcnn.modeling.rpn import RPNHead
-from tfrcnn.ops import anchors as anchors_lib
-from tfrcnn.ops.assign import max_iou_assign
-from tfrcnn.ops.boxes import encode_boxes, pairwise_iou
-from tfrcnn.ops.masks import mask_targets, paste_masks
-from tfrcnn.ops.nms import multiclass_nms
-from tfrcnn.ops.roi_align import multilevel_roi_align
-from tfrcnn.ops.sample import add_gt_as_proposals, assign_gt_proposals_to_themselves, random_sample
+import _cli
 
-flags.DEFINE_string("config_file", "configs/mask_rcnn_r50_fpn_1x_coco.yaml", "Config to take the ops' settings from.")
-flags.DEFINE_string("params_override", None, "Overrides as a.b=c,d.e=f.")
-flags.DEFINE_integer("image_size", 320, "Side of the square synthetic image, a multiple of 64.")
-flags.DEFINE_string("output_dir", "demo_out", "Where demo.png and config.yaml go.")
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+flags.DEFINE_multi_string("config_file", [os.path.join(REPO, "configs", "mask_rcnn_r50_fpn_1x_coco.yaml")],
+                          "A YAML config to take the ops' settings from; several merge in "
+                          "order, later files winning")
+flags.DEFINE_string("params_override", None, "Config overrides as a.b=c,d.e=f, applied after the config files, "
+                    "e.g. test_cfg.rcnn.max_per_img=10. Default: none.")
+flags.DEFINE_integer("image_size", 320, "Side in pixels of the square synthetic image, a positive multiple of 64.")
+flags.DEFINE_string("output_dir", "demo_out", "Folder for demo.png and config.yaml (created if needed).")
 flags.DEFINE_integer("seed", 0, "Random seed of the scene and the noise.")
+flags.register_validator("image_size", lambda size: size > 0 and size % 64 == 0,
+                         "must be a positive multiple of 64")
 FLAGS = flags.FLAGS
 
 
 def synthetic_scene(size, rng):
     """An RGB image [size, size, 3] uint8 with a rectangle, an ellipse and a triangle; their boxes
     [3, 4] ([y1, x1, y2, x2] pixels), classes [3] (1..3) and full-image masks [3, size, size]."""
+    import numpy as np
+    from PIL import Image, ImageDraw
+
     image = Image.fromarray(rng.integers(90, 140, (size, size, 3), dtype=np.uint8))
     boxes, masks = [], []
     for kind, (y, x, h, w) in enumerate([(0.1, 0.1, 0.35, 0.5), (0.45, 0.15, 0.4, 0.3), (0.3, 0.55, 0.5, 0.35)]):
@@ -63,6 +62,21 @@ def line(stage, text):
 
 
 def main(_):
+    _cli.check_config_files(FLAGS.config_file)  # before TensorFlow loads
+    import numpy as np
+    import tensorflow as tf
+    from PIL import Image, ImageDraw
+
+    import tfrcnn
+    from tfrcnn.modeling.rpn import RPNHead
+    from tfrcnn.ops import anchors as anchors_lib
+    from tfrcnn.ops.assign import max_iou_assign
+    from tfrcnn.ops.boxes import encode_boxes, pairwise_iou
+    from tfrcnn.ops.masks import mask_targets, paste_masks
+    from tfrcnn.ops.nms import multiclass_nms
+    from tfrcnn.ops.roi_align import multilevel_roi_align
+    from tfrcnn.ops.sample import add_gt_as_proposals, assign_gt_proposals_to_themselves, random_sample
+
     cfg = tfrcnn.load_config(FLAGS.config_file, FLAGS.params_override)
     os.makedirs(FLAGS.output_dir, exist_ok=True)
     tfrcnn.config.save_config(cfg, os.path.join(FLAGS.output_dir, "config.yaml"))
@@ -71,7 +85,8 @@ def main(_):
     image, gt_np, gt_classes, gt_masks_full = synthetic_scene(size, rng)
     gt_boxes, gt_valid = tf.constant(gt_np[None]), tf.ones([1, len(gt_np)], tf.bool)
     rpn, rcnn = cfg.model.rpn_head, cfg.model.roi_head
-    print(f"{FLAGS.config_file}: {cfg.model.type}, image {size}x{size}, {len(gt_np)} gt objects")
+    configs = ", ".join(map(os.path.relpath, FLAGS.config_file))
+    print(f"{configs}: {cfg.model.type}, image {size}x{size}, {len(gt_np)} gt objects")
 
     # Anchors and RPN targets.
     generator = anchors_lib.anchor_generator_from_config(rpn.anchor_generator)
@@ -169,4 +184,4 @@ def main(_):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    _cli.run(main)

@@ -1,4 +1,4 @@
-"""COCO bbox (and segm) AP of a checkpoint on a dataset split, with pycocotools.
+r"""COCO bbox (and segm) AP of a checkpoint on a dataset split, with pycocotools.
 
     python scripts/evaluate.py --model_dir runs/shapes
     python scripts/evaluate.py --config_file configs/mask_rcnn_r50_fpn_1x_coco.yaml \
@@ -9,37 +9,37 @@ Ground truth is the split's ann_file when it exists, else the split's TFRecords.
 --output_dir (default: the model_dir, else the checkpoint's folder).
 """
 import os
-import sys
 
-from absl import app, flags
+from absl import flags
 
-flags.DEFINE_string("model_dir", None, "A training run: its config.yaml and newest checkpoint.")
-flags.DEFINE_multi_string("config_file", None, "Config file(s) instead of model_dir/config.yaml.")
-flags.DEFINE_string("checkpoint_path", None, "A checkpoint prefix (e.g. runs/x/ckpt-500) instead of the newest.")
-flags.DEFINE_string("params_override", None, "Config overrides as a.b=c,d.e=f (e.g. data.val.tfrecord=...).")
+import _cli
+
+flags.DEFINE_string("model_dir", None, "A training run's directory: its config.yaml and newest checkpoint are "
+                    "the defaults of --config_file and --checkpoint_path. Give it, or both of those.")
+flags.DEFINE_multi_string("config_file", None, "A YAML config (default: <model_dir>/config.yaml); several merge in "
+                          "order, later files winning")
+flags.DEFINE_string("checkpoint_path", None, "A checkpoint prefix such as runs/x/ckpt-500 (the files "
+                    "ckpt-500.index and ckpt-500.data-*). Default: the newest checkpoint in --model_dir.")
+flags.DEFINE_string("params_override", None, "Config overrides as a.b=c,d.e=f, applied after the config files, "
+                    "e.g. data.val.tfrecord=data/val-*.tfrecord. Default: none.")
 flags.DEFINE_enum("split", "val", ["train", "val", "test"], "Section of config.data to evaluate on.")
-flags.DEFINE_integer("max_images", None, "Evaluate only the first N images (a quick look).", lower_bound=1)
-flags.DEFINE_string("output_dir", None, "Where metrics.json and metrics.txt go.")
+flags.DEFINE_integer("max_images", None, "Evaluate only the first N images (a quick look). Default: all.",
+                     lower_bound=1)
+flags.DEFINE_string("output_dir", None, "Folder for metrics.json and metrics.txt (created if needed). Default: "
+                    "--model_dir, else the checkpoint's folder.")
 FLAGS = flags.FLAGS
 
 
-def main(argv):
-    if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+def main(_):
     if not (FLAGS.model_dir or (FLAGS.config_file and FLAGS.checkpoint_path)):
-        print("error: give --model_dir, or --config_file with --checkpoint_path", file=sys.stderr)
-        return 1
-    from tfrcnn.config import ConfigError
-    from tfrcnn.data.coco import CocoFormatError
+        raise _cli.UsageError("give --model_dir, or --config_file with --checkpoint_path")
+    _cli.check_run(FLAGS.model_dir, FLAGS.config_file, FLAGS.checkpoint_path)  # before TensorFlow loads
     from tfrcnn.evaluation import format_table
     from tfrcnn.training import checkpoints, trainer
-    try:
-        model, config, path = checkpoints.load_model(FLAGS.model_dir, FLAGS.config_file, FLAGS.checkpoint_path,
-                                                     FLAGS.params_override)
-        metrics = trainer.evaluate(config, model, split=FLAGS.split, max_images=FLAGS.max_images)
-    except (ConfigError, CocoFormatError, FileNotFoundError, ValueError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
+
+    model, config, path = checkpoints.load_model(FLAGS.model_dir, FLAGS.config_file, FLAGS.checkpoint_path,
+                                                 FLAGS.params_override)
+    metrics = trainer.evaluate(config, model, split=FLAGS.split, max_images=FLAGS.max_images)
     output_dir = FLAGS.output_dir or FLAGS.model_dir or os.path.dirname(path)
     os.makedirs(output_dir, exist_ok=True)
     trainer.write_metrics(metrics, output_dir)
@@ -49,4 +49,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    _cli.run(main)

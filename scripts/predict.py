@@ -19,20 +19,26 @@ would otherwise take each box's area for the mask's.)
 import glob
 import json
 import os
-import sys
 
-from absl import app, flags
+from absl import flags
 
-flags.DEFINE_multi_string("image", None, "An image file, a folder (its .jpg/.jpeg/.png/.bmp/.gif files), or a "
-                          "quoted glob such as 'val/*.jpg'. Repeat the flag for more.")
+import _cli
+
+flags.DEFINE_multi_string("image", None, "Required. An image file, a folder (its .jpg/.jpeg/.png/.bmp/.gif files) "
+                          "or a quoted glob such as 'val/*.jpg'")
 flags.DEFINE_string("saved_model_dir", None, "A SavedModel written by scripts/export_saved_model.py (with its "
-                    "label_map.json). Excludes --model_dir, --config_file and --checkpoint_path.")
-flags.DEFINE_string("model_dir", None, "A training run's directory: its config.yaml and newest checkpoint.")
-flags.DEFINE_string("config_file", None, "A config instead of <model_dir>/config.yaml.")
-flags.DEFINE_string("checkpoint_path", None, "A checkpoint prefix (e.g. <model_dir>/ckpt-12) instead of the newest.")
-flags.DEFINE_string("params_override", None, "Config overrides for a checkpoint run, e.g. "
-                    "'test_cfg.rcnn.score_thr=0.3'.")
-flags.DEFINE_string("output_dir", None, "Where the PNGs and detections.json go (created if needed).")
+                    "label_map.json). Required unless a checkpoint is the detector: --model_dir, or --config_file "
+                    "with --checkpoint_path (not together with this flag).")
+flags.DEFINE_string("model_dir", None, "A training run's directory: its config.yaml and newest checkpoint are "
+                    "the defaults of --config_file and --checkpoint_path. Required unless --saved_model_dir, or "
+                    "--config_file with --checkpoint_path, is given.")
+flags.DEFINE_multi_string("config_file", None, "A YAML config (default: <model_dir>/config.yaml); several merge in "
+                          "order, later files winning")
+flags.DEFINE_string("checkpoint_path", None, "A checkpoint prefix such as <model_dir>/ckpt-12 (the files "
+                    "ckpt-12.index and ckpt-12.data-*). Default: the newest checkpoint in --model_dir.")
+flags.DEFINE_string("params_override", None, "Config overrides for a checkpoint, as a.b=c,d.e=f, e.g. "
+                    "test_cfg.rcnn.score_thr=0.3. Default: none.")
+flags.DEFINE_string("output_dir", None, "Required. Folder for the PNGs and detections.json (created if needed).")
 flags.DEFINE_float("score_threshold", 0.5, "Detections scoring below it are not drawn; detections.json keeps them.",
                    lower_bound=0.0, upper_bound=1.0)
 flags.mark_flags_as_required(["image", "output_dir"])
@@ -72,6 +78,12 @@ def expand_images(patterns):
     return paths
 
 
+def check_saved_model(saved_model_dir):
+    """Raises FileNotFoundError unless the folder holds a SavedModel (local paths; others are left to TF)."""
+    if "://" not in saved_model_dir and not os.path.isfile(os.path.join(saved_model_dir, "saved_model.pb")):
+        raise FileNotFoundError(f"{saved_model_dir}: no saved_model.pb (is it an export_saved_model.py --export_dir?)")
+
+
 def saved_model_detector(saved_model_dir):
     """(detect, {category id: name}) for a SavedModel; detect(uint8 [H, W, 3]) → the outputs dict of numpy
     arrays for a batch of one, with `detection_masks_image` when the model has masks."""
@@ -79,8 +91,7 @@ def saved_model_detector(saved_model_dir):
     import tensorflow as tf
     import yaml
 
-    if not os.path.isfile(os.path.join(saved_model_dir, "saved_model.pb")):
-        raise FileNotFoundError(f"{saved_model_dir}: no saved_model.pb (is it an export_saved_model.py --export_dir?)")
+    check_saved_model(saved_model_dir)
     loaded = tf.saved_model.load(saved_model_dir)
     key = next((k for k in ("image_tensor", "serving_default", "image_bytes") if k in loaded.signatures), None)
     if key is None:
@@ -192,32 +203,26 @@ def predict(paths, detect, names, output_dir, score_threshold):
     return results
 
 
-def main(argv):
-    if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
-    from PIL import UnidentifiedImageError
-
-    # Flags and image paths are checked before TensorFlow loads, so that a mistake is reported at once.
-    try:
-        checkpoint_flags = [n for n in ("model_dir", "config_file", "checkpoint_path", "params_override")
-                            if FLAGS[n].value is not None]
-        if FLAGS.saved_model_dir and checkpoint_flags:
-            raise ValueError(f"--saved_model_dir excludes --{', --'.join(checkpoint_flags)}: give one detector")
-        if not FLAGS.saved_model_dir and not (FLAGS.model_dir or FLAGS.config_file):
-            raise ValueError("give a detector: --saved_model_dir, or --model_dir (or --config_file with "
-                             "--checkpoint_path)")
-        paths = expand_images(FLAGS.image)
-        if FLAGS.saved_model_dir:
-            detect, names = saved_model_detector(FLAGS.saved_model_dir)
-        else:
-            detect, names = checkpoint_detector(FLAGS.model_dir, FLAGS.config_file, FLAGS.checkpoint_path,
-                                                FLAGS.params_override)
-        predict(paths, detect, names, FLAGS.output_dir, FLAGS.score_threshold)
-    except (FileNotFoundError, ValueError, UnidentifiedImageError) as e:  # ValueError includes ConfigError
-        print(f"error: {e}", file=sys.stderr)
-        return 1
+def main(_):
+    # Flags, image paths and the detector's files are checked before TensorFlow loads: a mistake is reported at once.
+    checkpoint_flags = [n for n in ("model_dir", "config_file", "checkpoint_path", "params_override")
+                        if FLAGS[n].value is not None]
+    if FLAGS.saved_model_dir and checkpoint_flags:
+        raise _cli.UsageError(f"--saved_model_dir excludes --{', --'.join(checkpoint_flags)}: give one detector")
+    if not FLAGS.saved_model_dir and not (FLAGS.model_dir or FLAGS.config_file):
+        raise _cli.UsageError("give a detector: --saved_model_dir, or --model_dir (or --config_file with "
+                              "--checkpoint_path)")
+    paths = expand_images(FLAGS.image)
+    if FLAGS.saved_model_dir:
+        check_saved_model(FLAGS.saved_model_dir)
+        detect, names = saved_model_detector(FLAGS.saved_model_dir)
+    else:
+        _cli.check_run(FLAGS.model_dir, FLAGS.config_file, FLAGS.checkpoint_path)
+        detect, names = checkpoint_detector(FLAGS.model_dir, FLAGS.config_file, FLAGS.checkpoint_path,
+                                            FLAGS.params_override)
+    predict(paths, detect, names, FLAGS.output_dir, FLAGS.score_threshold)
     return 0
 
 
 if __name__ == "__main__":
-    app.run(main)
+    _cli.run(main)

@@ -44,7 +44,9 @@ SERVE = textwrap.dedent("""
     errors = []
     for key, bad in [("image_tensor", tf.zeros([1, 32, 32, 3], tf.float32)),
                      ("image_tensor", tf.zeros([32, 32, 3], tf.uint8)),
-                     ("image_bytes", tf.constant(d["jpeg0"]))]:
+                     ("image_bytes", tf.constant(d["jpeg0"])),
+                     ("serving_default", tf.zeros([1, 32, 32, 3], tf.float32)),
+                     ("serving_default", tf.constant([[[d["jpeg0"]]]]))]:
         try:
             m.signatures[key](inputs=bad)
             errors.append("no error")
@@ -169,10 +171,13 @@ def test_pasted_masks(exported):
 
 
 def test_wrong_inputs_raise_clear_errors(exported):
-    dtype_error, rank_error, bytes_error = exported["served"]["errors"]
+    dtype_error, rank_error, bytes_error, default_dtype_error, default_rank_error = exported["served"]["errors"]
     assert "uint8" in dtype_error and "float" in dtype_error
     assert "inputs must be uint8 [batch, height, width, 3]" in rank_error and "[32 32 3]" in rank_error
     assert "inputs must be a string [batch]" in bytes_error
+    # serving_default is image_bytes here: a float32 image and a rank-3 string tensor are both rejected
+    assert "string" in default_dtype_error and "float" in default_dtype_error
+    assert "image_bytes: inputs must be a string [batch]" in default_rank_error and "[1 1 1]" in default_rank_error
 
 
 def test_saved_model_cli_lists_signatures(exported):
