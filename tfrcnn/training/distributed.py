@@ -12,8 +12,13 @@ The contract with the model:
   sums them over replicas), and returns a dict of scalar tensors holding the same, global values on every
   replica (losses normalized by the global batch, then summed over replicas with the replica context's
   `all_reduce`);
-- the dataset yields GLOBAL batches: the strategy splits each batch over the replicas.
+- the dataset yields GLOBAL batches: the strategy splits each batch over the replicas (or a
+  `dataset_fn(input_context)` yields each replica's batches from this worker's share of the input).
+
+Under MultiWorkerMirroredStrategy every worker runs the same program; one of them, the chief (`is_chief`), writes
+the run's files. `check_in_sync` tells whether the workers hold the same step and weights.
 """
+import numpy as np
 import tensorflow as tf
 
 STRATEGIES = ("one_device", "mirrored", "multi_worker_mirrored")
@@ -38,6 +43,90 @@ def make_strategy(name, devices=None):
             raise ValueError("multi_worker_mirrored: devices come from TF_CONFIG and each worker's local devices")
         return tf.distribute.MultiWorkerMirroredStrategy()
     raise ValueError(f"strategy must be one of {STRATEGIES}, got {name!r}")
+
+
+def is_chief(strategy=None):
+    """True in the process that writes the run's files (config, checkpoints, summaries, metrics).
+
+    That is every process but under a multi-worker cluster: there, the task of type "chief", or worker 0 when the
+    cluster has no "chief" task (TensorFlow's convention). Without a strategy, the cluster comes from the TF_CONFIG
+    environment variable (so that a script can decide before it creates the strategy).
+    """
+    resolver = (tf.distribute.cluster_resolver.TFConfigClusterResolver() if strategy is None
+                else strategy.cluster_resolver)
+    if resolver is None or not resolver.task_type:
+        return True
+    if resolver.task_type == "chief":
+        return True
+    return (resolver.task_type == "worker" and resolver.task_id == 0
+            and "chief" not in resolver.cluster_spec().as_dict())
+
+
+def task_name(strategy=None):
+    """'worker 1' (this process's task in the cluster), or '' outside a multi-worker cluster."""
+    resolver = (tf.distribute.cluster_resolver.TFConfigClusterResolver() if strategy is None
+                else strategy.cluster_resolver)
+    if resolver is None or not resolver.task_type:
+        return ""
+    return f"{resolver.task_type} {resolver.task_id}"
+
+
+class OutOfSyncError(ValueError):
+    """The workers of a multi-worker run do not hold the same step or weights (they read different model_dirs or
+    checkpoints)."""
+
+
+def check_in_sync(model, strategy, rtol=1e-5):
+    """Checks that every replica holds the same optimizer step, trainable weights and optimizer state.
+
+    Under MultiWorkerMirroredStrategy the workers' variables stay equal only if they start equal: each worker
+    restores the run's newest checkpoint (or `init_checkpoint`) itself, so a worker that read another model_dir
+    would train a different model, silently. This gathers (step, and the sum and the sum of magnitudes of each
+    variable) from every replica: one small all-gather, which every worker must call at the same point of its
+    program.
+
+    Equal starts do not keep the workers bitwise equal: on the 2-core CPU, about two 4-step runs in three of the
+    tiny Mask R-CNN over two workers ended with one large conv kernel (and its momentum) differing by one ulp in
+    some elements, while the all-reduced gradients matched whenever they were checked (which itself made the
+    difference disappear). Since every worker applies the same all-reduced gradient, such differences do not grow
+    beyond rounding; `rtol` tolerates them: a variable differs when a sum differs by more than `rtol` × its sum
+    of magnitudes.
+
+    BatchNorm's moving statistics are left out: each replica updates its own copy from its own batches (Keras
+    creates them with aggregation NONE), as each PyTorch DDP process does; the chief's copy is the one that its
+    checkpoints keep and its evaluation uses. Training reads batch statistics, so the copies never meet.
+    Returns (step, the largest relative difference found, 0.0 when bitwise equal).
+    Raises OutOfSyncError naming the difference.
+    """
+    optimizer = model.optimizer
+    variables = list(model.trainable_weights) + [v for v in optimizer.variables if v is not optimizer.iterations]
+
+    def fingerprint():
+        values = [tf.cast(optimizer.iterations, tf.float64)]
+        for v in variables:
+            v = tf.cast(v, tf.float64)
+            values += [tf.reduce_sum(v), tf.reduce_sum(tf.abs(v))]
+        return tf.distribute.get_replica_context().all_gather(tf.stack(values)[None], axis=0)
+
+    gathered = strategy.experimental_local_results(tf.function(lambda: strategy.run(fingerprint))())[0].numpy()
+    return _compare_fingerprints(gathered, [v.path for v in variables], rtol)
+
+
+def _compare_fingerprints(gathered, names, rtol):
+    """check_in_sync's verdict on float64 [replicas, 1 + 2 × variables]: (step, sum, sum of |v|, ...) per row."""
+    steps = [int(s) for s in gathered[:, 0]]
+    if len(set(steps)) > 1:
+        raise OutOfSyncError(f"the replicas are at different steps {steps}: every worker must read the same "
+                             "model_dir (on one host, or on a filesystem they share such as NFS)")
+    sums, magnitudes = gathered[:, 1::2], gathered[:, 2::2]
+    spread = np.maximum(np.ptp(sums, axis=0), np.ptp(magnitudes, axis=0))
+    relative = spread / np.maximum(magnitudes.max(axis=0), np.finfo(np.float64).tiny)
+    differ = [name for name, r in zip(names, relative) if r > rtol]
+    if differ:
+        raise OutOfSyncError(f"the replicas hold different weights at step {steps[0]} ({len(differ)} variables, "
+                             f"e.g. {differ[0]}): every worker must read the same checkpoints (model_dir, "
+                             "init_checkpoint)")
+    return steps[0], float(relative.max(initial=0.0))
 
 
 def _is_default(strategy):
@@ -81,7 +170,7 @@ class CustomLoop:
             if any(unbuilt):
                 if not isinstance(dataset, tf.data.Dataset):
                     raise ValueError("build the model (call it on a batch inside strategy.scope()) first when "
-                                     "the dataset is already distributed or a dataset_fn")
+                                     "the dataset is already distributed, an iterator or a dataset_fn")
                 # What fit does to build the model, its compiled loss and metrics, from the shapes of one batch.
                 model._symbolic_build(data_batch=next(iter(dataset)))
             if not optimizer.built:
@@ -111,7 +200,9 @@ class CustomLoop:
         Args:
           dataset: a `tf.data.Dataset` of global batches (it must hold `steps` of them: repeat it), an
             already distributed dataset, or a `dataset_fn(input_context)` for
-            `strategy.distribute_datasets_from_function` (per-replica batches).
+            `strategy.distribute_datasets_from_function` (per-replica batches). Each run starts a new iterator
+            over them; pass an iterator of a distributed dataset (`iter(strategy.distribute_datasets_from_
+            function(...))`) instead to go on where the previous run stopped, as `fit` does from epoch to epoch.
           steps: int, number of optimizer updates.
           on_step: optional `on_step(step, logs)`, called after each step with its 0-based index in this
             run and the logs as Python floats. The model's metrics are reset first, as `fit` resets them at
@@ -123,7 +214,10 @@ class CustomLoop:
         self.model.reset_metrics()  # as fit does at each epoch: metric results are means over this run
         if self._step is None:
             self._step = self._make_step()
-        iterator = iter(self._distribute(dataset))
+        if isinstance(dataset, tf.distribute.DistributedIterator):
+            iterator = dataset
+        else:
+            iterator = iter(self._distribute(dataset))
         history = []
         for i in range(steps):
             logs = {k: float(v) for k, v in self._step(iterator).items()}

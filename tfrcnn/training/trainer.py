@@ -5,13 +5,22 @@ A run lives in `model_dir`: `config.yaml` (the resolved config), `ckpt-<step>` c
 evaluation metrics), `metrics.json` and `metrics.txt` (the last evaluation).
 
 Steps, not epochs, are the unit of progress: an epoch is `steps_per_epoch` = images / global batch steps, and
-Keras' `fit` runs one "epoch" per checkpoint interval, so that a run killed at any moment resumes from its last
-checkpoint with the optimizer's step, momenta and learning rate where they were.
+training runs one interval (`checkpoint_config.interval`) at a time, so that a run killed at any moment resumes
+from its last checkpoint with the optimizer's step, momenta and learning rate where they were.
+
+Two loops run the model's `train_step`: Keras' `fit` (one "epoch" per interval) on one device and under
+MirroredStrategy, and `tfrcnn.training.CustomLoop` under MultiWorkerMirroredStrategy, where `fit` fails
+(keras-team/keras#20585). Both call the same `_Hooks` for what happens between steps: the NaN stop, the
+TensorBoard scalars and progress line, the checkpoints and the evaluations. Under MultiWorkerMirroredStrategy
+every worker runs this same function; only the chief writes the config, the checkpoints, the summaries and the
+metrics, and evaluates (see docs/training.md).
 """
 import json
 import math
 import os
+import shutil
 import sys
+import tempfile
 import time
 
 import keras
@@ -24,7 +33,7 @@ from tfrcnn.data import pipeline
 from tfrcnn.data.tfrecord import coco_from_tfrecords
 from tfrcnn.evaluation import CocoEvaluator, evaluate_model, format_table
 from tfrcnn.training import checkpoints
-from tfrcnn.training.distributed import make_strategy
+from tfrcnn.training.distributed import CustomLoop, check_in_sync, is_chief, make_strategy, task_name
 from tfrcnn.training.optimizer import build_optimizer
 
 
@@ -100,62 +109,134 @@ def train(config, model_dir, mode="train", init_checkpoint=None, progress=True):
 
     Args:
       config: the resolved tfrcnn Config (written to model_dir/config.yaml).
-      model_dir: the run directory.
+      model_dir: the run directory. Under multi_worker_mirrored every worker must see the same one (one host, a
+        filesystem they share, such as NFS): each restores the newest checkpoint there itself.
       mode: "train", "train_and_eval" (evaluate every `evaluation.interval` epochs and at the end) or "eval"
         (evaluate the newest checkpoint).
       init_checkpoint: weights to start from when model_dir has no checkpoint yet: a whole model or a part
         (e.g. a backbone), matched by variable path.
+      progress: print the progress lines (only the chief prints them under multi_worker_mirrored).
     Returns:
-      the last evaluation's metrics, or {} when none ran.
-    Raises FloatingPointError when the loss becomes NaN or inf (the last good checkpoint stays the newest).
+      the last evaluation's metrics, or {} when none ran (and on every worker but the chief).
+    Raises FloatingPointError when the loss becomes NaN or inf (the last good checkpoint stays the newest), and
+    distributed.OutOfSyncError when the workers of a multi-worker run do not hold the same step and weights.
     """
-    if config.runtime.strategy == "multi_worker_mirrored":
-        raise NotImplementedError("runtime.strategy multi_worker_mirrored: scripts/train.py does not drive it yet; "
-                                  "use tfrcnn.training.train_loop (see docs/modeling.md)")
-    os.makedirs(model_dir, exist_ok=True)
-    save_config(config, os.path.join(model_dir, checkpoints.CONFIG_NAME))
+    if mode == "eval":
+        return _evaluate_latest(config, model_dir, progress)
     strategy = make_strategy(config.runtime.strategy)
+    multi_worker = isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy)
+    chief = is_chief(strategy)
+    if progress and not chief:
+        print(f"{task_name(strategy)}: training; the chief writes the checkpoints, logs and metrics to {model_dir}",
+              flush=True)
+    progress = progress and chief
+    if chief:
+        os.makedirs(model_dir, exist_ok=True)
+        save_config(config, os.path.join(model_dir, checkpoints.CONFIG_NAME))
     global_batch = config.data.samples_per_gpu * strategy.num_replicas_in_sync
+    schedule = _Schedule(config, pipeline.count_images(config, "train"), global_batch)
     with strategy.scope():
         from tfrcnn.modeling import build_model
         model = build_model(config, build_size=config.data.padded_size())
-    latest = checkpoints.latest_checkpoint(model_dir)
-    if mode == "eval":
-        if latest is None:
-            raise FileNotFoundError(f"{model_dir}: no checkpoint to evaluate")
-        checkpoints.run_checkpoint(model).read(latest).expect_partial().assert_existing_objects_matched()
-        metrics = evaluate(config, model, progress=progress)
-        write_metrics(metrics, model_dir)
-        return metrics
-
-    schedule = _Schedule(config, pipeline.count_images(config, "train"), global_batch)
-    with strategy.scope():
         model.compile(optimizer=build_optimizer(config, schedule.steps_per_epoch, model=model))
         model.optimizer.build(model.trainable_variables)
-    manager = tf.train.CheckpointManager(checkpoints.run_checkpoint(model, model.optimizer), model_dir,
-                                        max_to_keep=config.checkpoint_config.max_keep, checkpoint_name="ckpt")
-    if latest is not None:
-        manager.checkpoint.restore(latest).assert_existing_objects_matched()
-        _say(progress, f"resumed from {latest} at step {int(model.optimizer.iterations)}")
-    elif init_checkpoint:
-        copied, total = initialize_from(model, init_checkpoint)
-        _say(progress, f"initialized {copied} of {total} variables from {init_checkpoint}")
-    start = int(model.optimizer.iterations)
-    metrics = {}
-    if start < schedule.total_steps:
-        dataset = pipeline.build_dataset(config, "train", training=True, batch_size=global_batch).repeat()
-        writer = tf.summary.create_file_writer(os.path.join(model_dir, "logs"))
-        callbacks = [_StopOnNonFinite(manager), _Checkpoint(manager),
-                     _Log(writer, config.log_config.interval, schedule.total_steps, start, progress)]
-        if mode == "train_and_eval":
-            callbacks.append(_Evaluate(config, model_dir, schedule.eval_every, writer, progress))
-        model.fit(dataset, epochs=schedule.intervals, steps_per_epoch=schedule.interval,
-                  initial_epoch=start // schedule.interval, callbacks=callbacks, verbose=0)
-        metrics = callbacks[-1].metrics if mode == "train_and_eval" else {}
-    if mode == "train_and_eval" and not metrics:
-        metrics = evaluate(config, model, progress=progress)
-        write_metrics(metrics, model_dir, int(model.optimizer.iterations))
+    # Every worker saves, as TensorFlow's MultiWorkerMirroredStrategy guide has it (saving a sync-on-read
+    # variable is a collective, though tfrcnn's models hold none); all but the chief write to a directory of
+    # their own, deleted at the end.
+    save_dir = model_dir if chief else tempfile.mkdtemp(prefix=f"tfrcnn-{task_name(strategy).replace(' ', '')}-")
+    try:
+        manager = tf.train.CheckpointManager(checkpoints.run_checkpoint(model, model.optimizer), save_dir,
+                                            max_to_keep=config.checkpoint_config.max_keep, checkpoint_name="ckpt")
+        latest = checkpoints.latest_checkpoint(model_dir)
+        if latest is not None:
+            manager.checkpoint.restore(latest).assert_existing_objects_matched()
+            _say(progress, f"resumed from {latest} at step {_step(model)}")
+        elif init_checkpoint:
+            copied, total = initialize_from(model, init_checkpoint)
+            _say(progress, f"initialized {copied} of {total} variables from {init_checkpoint}")
+        if multi_worker:
+            check_in_sync(model, strategy)
+            cluster = strategy.cluster_resolver.cluster_spec().as_dict()
+            workers = sum(len(cluster.get(kind, [])) for kind in ("chief", "worker")) or 1
+            _say(progress, f"{strategy.num_replicas_in_sync} replicas on {workers} workers, global batch "
+                           f"{global_batch}; this is the chief: it writes {model_dir}")
+        start = _step(model)
+        metrics = {}
+        if start < schedule.total_steps:
+            writer = (tf.summary.create_file_writer(os.path.join(model_dir, "logs")) if chief
+                      else tf.summary.create_noop_writer())
+            hooks = _Hooks(model, manager, model_dir, writer, config, schedule, start,
+                           evaluate_too=chief and mode == "train_and_eval", progress=progress)
+            if multi_worker:
+                def dataset_fn(input_context):  # this worker's share of the input, in per-replica batches
+                    return pipeline.build_dataset(
+                        config, "train", training=True, input_context=input_context,
+                        batch_size=input_context.get_per_replica_batch_size(global_batch)).repeat()
+                _custom_loop(model, strategy, dataset_fn, schedule, hooks)
+            else:
+                dataset = pipeline.build_dataset(config, "train", training=True, batch_size=global_batch).repeat()
+                _fit(model, dataset, schedule, hooks)
+            metrics = hooks.metrics
+        if chief and mode == "train_and_eval" and not metrics:
+            metrics = evaluate(config, model, progress=progress)
+            write_metrics(metrics, model_dir, _step(model))
+        return metrics
+    finally:
+        if not chief:
+            shutil.rmtree(save_dir, ignore_errors=True)
+
+
+def _evaluate_latest(config, model_dir, progress):
+    """mode eval: the newest checkpoint's metrics. One process evaluates (under multi_worker_mirrored the chief;
+    the others return {}): evaluation runs no collective, so it needs no strategy."""
+    if not is_chief():
+        _say(progress, f"{task_name()}: evaluation runs on the chief only")
+        return {}
+    from tfrcnn.modeling import build_model
+    latest = checkpoints.latest_checkpoint(model_dir)
+    if latest is None:
+        raise FileNotFoundError(f"{model_dir}: no checkpoint to evaluate")
+    model = build_model(config, build_size=config.data.padded_size())
+    checkpoints.run_checkpoint(model).read(latest).expect_partial().assert_existing_objects_matched()
+    metrics = evaluate(config, model, progress=progress)
+    write_metrics(metrics, model_dir)
     return metrics
+
+
+def _fit(model, dataset, schedule, hooks):
+    """Keras' fit over `dataset` (global batches, repeated), one "epoch" per checkpoint interval."""
+    off_grid = _step(model) % schedule.interval
+    if off_grid:
+        # Resumed off an interval boundary (the interval or the global batch changed since the checkpoint): a
+        # shorter first "epoch" up to the next boundary, so that checkpoints and the last step stay on the grid
+        # (as in _custom_loop); the second fit goes on with the batches after those.
+        first = schedule.interval - off_grid
+        model.fit(dataset, epochs=1, steps_per_epoch=first, callbacks=[_FitCallback(hooks, last=False)], verbose=0)
+        dataset = dataset.skip(first)
+    model.fit(dataset, epochs=schedule.intervals, steps_per_epoch=schedule.interval,
+              initial_epoch=_step(model) // schedule.interval, callbacks=[_FitCallback(hooks)], verbose=0)
+
+
+def _custom_loop(model, strategy, dataset_fn, schedule, hooks):
+    """CustomLoop (for MultiWorkerMirroredStrategy) one interval at a time, over one iterator of
+    `dataset_fn(input_context)`; ends with `check_in_sync`."""
+    loop = CustomLoop(model, strategy)
+    iterator = iter(strategy.distribute_datasets_from_function(dataset_fn))
+    step = _step(model)
+    while step < schedule.total_steps:
+        # to the next interval boundary (a run resumed after the interval changed realigns here)
+        loop.run(iterator, schedule.interval - step % schedule.interval, on_step=lambda i, logs: hooks.step_end(logs))
+        hooks.interval_end()
+        step = _step(model)
+    _, drift = check_in_sync(model, strategy)
+    hooks.say(f"{strategy.num_replicas_in_sync} replicas agree on the weights at step {step} (largest relative "
+              f"difference {drift:.1g})")
+    hooks.train_end()
+
+
+def _step(model):
+    """The optimizer's step as an int (`int()` of a Keras variable fails when a strategy mirrors it)."""
+    return int(keras.ops.convert_to_numpy(model.optimizer.iterations))
 
 
 def _say(enabled, text):
@@ -163,46 +244,44 @@ def _say(enabled, text):
         print(text, flush=True)
 
 
-class _StopOnNonFinite(keras.callbacks.Callback):
-    """Raises at the first NaN or inf loss, before that interval's checkpoint is written."""
+class _Hooks:
+    """What happens between train steps, the same under `fit` (through `_FitCallback`) and `CustomLoop`.
 
-    def __init__(self, manager):
-        super().__init__()
-        self.manager = manager
+    - `step_end(logs)` after every step: raises at the first NaN or inf loss, before that interval's checkpoint
+      is written; every `log_config.interval` steps, the losses and learning rate to TensorBoard and a progress
+      line with the ETA.
+    - `interval_end()`: a checkpoint numbered by the global step; the evaluation when `evaluation.interval`
+      epochs have passed.
+    - `train_end()`: the last evaluation, unless one just ran.
+    The step is always the optimizer's: the global step, the same on every worker.
+    """
 
-    def on_train_batch_end(self, batch, logs=None):
-        loss = float(logs["loss"])
-        if not np.isfinite(loss):
-            step = int(self.model.optimizer.iterations)
-            raise FloatingPointError(f"the loss is {loss} at step {step}; training stopped. The last good "
-                                     f"checkpoint is {self.manager.latest_checkpoint or '(none yet)'}")
-
-
-class _Checkpoint(keras.callbacks.Callback):
-    """A checkpoint at the end of every interval (a Keras epoch), numbered by the global step."""
-
-    def __init__(self, manager):
-        super().__init__()
-        self.manager = manager
-
-    def on_epoch_end(self, epoch, logs=None):
-        self.manager.save(checkpoint_number=int(self.model.optimizer.iterations))
-
-
-class _Log(keras.callbacks.Callback):
-    """Losses and learning rate to TensorBoard and a progress line every `interval` steps, with the ETA."""
-
-    def __init__(self, writer, interval, total, start, progress):
-        super().__init__()
-        self.writer, self.interval, self.total, self.start, self.progress = writer, interval, total, start, progress
+    def __init__(self, model, manager, model_dir, writer, config, schedule, start, evaluate_too, progress):
+        self.model, self.manager, self.model_dir, self.writer = model, manager, model_dir, writer
+        self.config, self.schedule, self.start = config, schedule, start
+        self.log_every, self.total = config.log_config.interval, schedule.total_steps
+        self.evaluate_too, self.progress = evaluate_too, progress
+        self.metrics, self.evaluated_at = {}, None
         self.began = time.time()
         self.tty = sys.stdout.isatty()
 
-    def on_train_batch_end(self, batch, logs=None):
-        step = int(self.model.optimizer.iterations)
-        if step % self.interval and step != self.total:
+    @property
+    def step(self):
+        return _step(self.model)
+
+    def say(self, text):
+        _say(self.progress, text)
+
+    def step_end(self, logs):
+        step = self.step
+        loss = float(logs["loss"])
+        if not np.isfinite(loss):
+            last = checkpoints.latest_checkpoint(self.model_dir)
+            raise FloatingPointError(f"the loss is {loss} at step {step}; training stopped. The last good "
+                                     f"checkpoint is {last or '(none yet)'}")
+        if step % self.log_every and step != self.total:
             return
-        lr = float(self.model.optimizer.learning_rate)
+        lr = float(keras.ops.convert_to_numpy(self.model.optimizer.learning_rate))
         with self.writer.as_default(step=step):
             for name, value in logs.items():
                 _scalar(f"train/{name}", value)
@@ -216,30 +295,43 @@ class _Log(keras.callbacks.Callback):
             print(("\r" + line) if self.tty else line, end="" if self.tty and step != self.total else "\n",
                   flush=True)
 
+    def interval_end(self):
+        step = self.step
+        self.manager.save(checkpoint_number=step)
+        if step % self.schedule.eval_every == 0:
+            self._evaluate(step)
 
-class _Evaluate(keras.callbacks.Callback):
-    """COCO evaluation every `every` steps (an epoch boundary) and at the end of training."""
+    def train_end(self):
+        if self.evaluated_at != self.step:
+            self._evaluate(self.step)
 
-    def __init__(self, config, model_dir, every, writer, progress):
-        super().__init__()
-        self.config, self.model_dir, self.every, self.writer, self.progress = config, model_dir, every, writer, progress
-        self.metrics = {}
-
-    def _run(self, step):
+    def _evaluate(self, step):
+        if not self.evaluate_too:
+            return
         self.metrics = evaluate(self.config, self.model, progress=self.progress)
+        self.evaluated_at = step
         write_metrics(self.metrics, self.model_dir, step)
         with self.writer.as_default(step=step):
             for iou_type, values in self.metrics.items():
                 for name in ("AP", "AP50", "AP75"):
                     _scalar(f"eval/{iou_type}_{name}", values[name])
-        _say(self.progress, format_table(self.metrics))
+        self.say(format_table(self.metrics))
+
+
+class _FitCallback(keras.callbacks.Callback):
+    """`_Hooks` as a Keras callback: `fit` runs one "epoch" per checkpoint interval (`last`: this fit ends the
+    training)."""
+
+    def __init__(self, hooks, last=True):
+        super().__init__()
+        self.hooks, self.last = hooks, last
+
+    def on_train_batch_end(self, batch, logs=None):
+        self.hooks.step_end(logs)
 
     def on_epoch_end(self, epoch, logs=None):
-        step = int(self.model.optimizer.iterations)
-        if step % self.every == 0:
-            self._run(step)
+        self.hooks.interval_end()
 
     def on_train_end(self, logs=None):
-        step = int(self.model.optimizer.iterations)
-        if step % self.every:
-            self._run(step)
+        if self.last:
+            self.hooks.train_end()
