@@ -1,4 +1,4 @@
-"""Trains, evaluates, and (with no config given) runs the whole main job on the synthetic shapes dataset.
+r"""Trains, evaluates, and (with no config given) runs the whole main job on the synthetic shapes dataset.
 
     python scripts/train.py --model_dir runs/shapes                      # the main job, see below
     python scripts/train.py --config_file configs/mask_rcnn_r50_fpn_1x_coco.yaml --model_dir runs/coco \
@@ -10,28 +10,43 @@ The main job (no --config_file): generates the shapes dataset under --shapes_dir
 configs/mask_rcnn_r18_fpn_shapes.yaml from scratch, evaluates it on the held-out val split
 (MODEL_DIR/metrics.json), exports MODEL_DIR/saved_model and draws predictions on val images to
 MODEL_DIR/predictions/.
+
+Several machines: start the same command on each with --strategy multi_worker_mirrored and the TF_CONFIG
+environment variable naming the cluster and this process's task; worker 0 (the chief) writes the run's files.
+docs/training.md has the commands, for one host and for two.
 """
 import os
-import sys
 
-from absl import app, flags
+from absl import flags
+
+import _cli
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SHAPES_CONFIG = os.path.join(REPO, "configs", "mask_rcnn_r18_fpn_shapes.yaml")
+# The main job's dataset: 640 training images are 4 epochs of 160 steps, which fit its time budget.
+SHAPES_SIZES = dict(num_train=640, num_val=200)
+SHAPES_WAIT_S = 3600  # how long a non-chief worker waits for the chief to generate the shapes dataset
 
-flags.DEFINE_multi_string("config_file", None, "Config file; repeat it to merge several (later files win). "
-                          "Without it: the main job on the synthetic shapes dataset.")
-flags.DEFINE_string("params_override", None, "Config overrides as a.b=c,d.e=f (applied after the files).")
-flags.DEFINE_string("model_dir", None, "Run directory: config.yaml, checkpoints, logs, metrics.json.")
+flags.DEFINE_multi_string("config_file", None, "A YAML config; repeat the flag to merge several in order, later "
+                          "files winning. Default: none, which runs the main job on the synthetic shapes dataset "
+                          "(configs/mask_rcnn_r18_fpn_shapes.yaml, train_and_eval, then the export and drawings)")
+flags.DEFINE_string("params_override", None, "Config overrides as a.b=c,d.e=f, applied after the config files, "
+                    "e.g. data.samples_per_gpu=4,runner.max_epochs=24. Default: none.")
+flags.DEFINE_string("model_dir", None, "Required. The run directory: config.yaml, ckpt-<step> checkpoints, "
+                    "logs/ (TensorBoard), metrics.json. An existing run there resumes from its newest checkpoint. "
+                    "Under multi_worker_mirrored every worker must see the same one (one host or shared storage).")
 flags.DEFINE_enum("mode", None, ["train", "train_and_eval", "eval"],
                   "train; train_and_eval (COCO AP every evaluation.interval epochs and at the end); eval (the "
                   "newest checkpoint). Default: train, or train_and_eval for the main job.")
 flags.DEFINE_string("init_checkpoint", None, "Weights to start a new run from: a whole model or a part such as "
-                    "a backbone, matched by variable path. Ignored when model_dir already has a checkpoint.")
+                    "a backbone, matched by variable path. Ignored when model_dir already has a checkpoint. "
+                    "Default: none (the config's initialization).")
 flags.DEFINE_enum("strategy", None, ["one_device", "mirrored", "multi_worker_mirrored"],
-                  "tf.distribute strategy; default runtime.strategy of the config.")
+                  "tf.distribute strategy: one_device (the first GPU, else the CPU), mirrored (every GPU of this "
+                  "host), multi_worker_mirrored (the hosts the TF_CONFIG environment variable lists, data.samples"
+                  "_per_gpu images per replica). Default: runtime.strategy of the config (one_device).")
 flags.DEFINE_enum("mixed_precision", None, ["mixed_float16", "mixed_bfloat16"],
-                  "Keras dtype policy; default runtime.mixed_precision of the config (float32).")
+                  "Keras dtype policy. Default: runtime.mixed_precision of the config (float32).")
 flags.DEFINE_string("shapes_dir", os.path.join("data", "shapes"),
                     "Main job only: where the synthetic shapes dataset is generated (once) and read from.")
 flags.mark_flag_as_required("model_dir")
@@ -47,36 +62,56 @@ def _overrides():
     return parts or None
 
 
-def main(argv):
-    if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+def main(_):
+    main_job = not FLAGS.config_file
+    if not main_job:
+        _cli.check_config_files(FLAGS.config_file)  # before TensorFlow loads
+    path = FLAGS.init_checkpoint
+    if path and "://" not in path and not (os.path.isdir(path) or os.path.isfile(path + ".index")):
+        raise FileNotFoundError(f"{path}: no such checkpoint ({path}.index is missing)")
     import tensorflow as tf
 
-    from tfrcnn.config import ConfigError, load_config
-    from tfrcnn.data.coco import CocoFormatError
+    from tfrcnn.config import load_config
     from tfrcnn.training import trainer
+    from tfrcnn.training.distributed import is_chief
 
-    main_job = not FLAGS.config_file
-    try:
-        if main_job:
-            from tfrcnn.data import ensure_shapes_dataset
-            shapes = ensure_shapes_dataset(FLAGS.shapes_dir, num_processes=2, progress=True)
-            config = load_config(SHAPES_CONFIG, _shapes_paths(shapes) + (_overrides() or []))
-        else:
-            config = load_config(FLAGS.config_file, _overrides())
-        if not tf.config.list_physical_devices("GPU"):
-            # TensorFlow's CPU gradient of crop_and_resize (RoIAlign) loses updates unless deterministic
-            # (tensorflow#42033).
-            tf.config.experimental.enable_op_determinism()
-        mode = FLAGS.mode or ("train_and_eval" if main_job else "train")
-        metrics = trainer.train(config, FLAGS.model_dir, mode=mode, init_checkpoint=FLAGS.init_checkpoint)
-        if main_job:
-            _finish_main_job(config, metrics)
-    except (ConfigError, CocoFormatError, FileNotFoundError, ValueError, FloatingPointError,
-            NotImplementedError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
+    # Under multi_worker_mirrored only the chief writes files: the shapes dataset, the export, the drawings.
+    chief = is_chief()  # from TF_CONFIG: True without it
+    if main_job:
+        shapes = _shapes_dataset(chief)
+        config = load_config(SHAPES_CONFIG, _shapes_paths(shapes) + (_overrides() or []))
+    else:
+        config = load_config(FLAGS.config_file, _overrides())
+    chief = chief or config.runtime.strategy != "multi_worker_mirrored"
+    if not tf.config.list_physical_devices("GPU"):
+        # TensorFlow's CPU gradient of crop_and_resize (RoIAlign) loses updates unless deterministic
+        # (tensorflow#42033).
+        tf.config.experimental.enable_op_determinism()
+    mode = FLAGS.mode or ("train_and_eval" if main_job else "train")
+    metrics = trainer.train(config, FLAGS.model_dir, mode=mode, init_checkpoint=FLAGS.init_checkpoint)
+    if main_job and chief and metrics:
+        _finish_main_job(config, metrics)
     return 0
+
+
+def _shapes_dataset(chief):
+    """The main job's dataset: generated by the chief (or the one process) when absent; a non-chief worker
+    waits for it (the chief's --shapes_dir must be storage that it reads too)."""
+    import time
+
+    from tfrcnn.data import ensure_shapes_dataset
+    from tfrcnn.data.shapes import shapes_dataset_is_complete
+    if not chief:
+        began = time.time()
+        if not shapes_dataset_is_complete(FLAGS.shapes_dir, **SHAPES_SIZES):
+            print(f"waiting for the chief to generate the shapes dataset under {FLAGS.shapes_dir}", flush=True)
+        while not shapes_dataset_is_complete(FLAGS.shapes_dir, **SHAPES_SIZES):
+            if time.time() - began > SHAPES_WAIT_S:
+                raise FileNotFoundError(f"{FLAGS.shapes_dir}: no complete shapes dataset after {SHAPES_WAIT_S} s "
+                                        "(the chief generates it: give every worker the same --shapes_dir, on "
+                                        "storage they share)")
+            time.sleep(2)
+    return ensure_shapes_dataset(FLAGS.shapes_dir, num_processes=2, progress=chief, **SHAPES_SIZES)
 
 
 def _shapes_paths(shapes):
@@ -120,4 +155,4 @@ def _finish_main_job(config, metrics, num_drawn=8):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    _cli.run(main, errors=(FloatingPointError,))
