@@ -172,6 +172,8 @@ def test_loop_refuses_a_model_or_optimizer_made_outside_the_scope():
 
 def test_make_strategy():
     assert isinstance(make_strategy("one_device", ["/cpu:0"]), tf.distribute.OneDeviceStrategy)
+    # without devices: the default strategy (first GPU, else CPU), which steps twice as fast on CPU
+    assert make_strategy("one_device") is tf.distribute.get_strategy()
     assert make_strategy("mirrored", ["/cpu:0"]).num_replicas_in_sync == 1
     with pytest.raises(ValueError, match="devices come from TF_CONFIG"):
         make_strategy("multi_worker_mirrored", ["/cpu:0"])
