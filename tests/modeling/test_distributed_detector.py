@@ -24,7 +24,6 @@ crop_and_resize (RoIAlign) races between threads (tensorflow#42033) and a run's 
 """
 import json
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -33,22 +32,13 @@ import numpy as np
 import pytest
 
 import detector_distributed as dd
+from localhost import free_ports
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 DEADLINE = 300  # seconds from launch for every run: a hung collective fails the test instead of hanging it
 LOSS_RTOL = 1e-4
 GRAD_NORM_RTOL = 1e-3  # measured 4e-5 (see the module docstring)
 UPDATE_RTOL = 2e-3  # per variable, ||Δw - Δw_ref|| / ||Δw_ref||; measured at most 5e-4
-
-
-def free_ports(n):
-    socks = [socket.socket() for _ in range(n)]
-    for s in socks:
-        s.bind(("127.0.0.1", 0))
-    ports = [s.getsockname()[1] for s in socks]
-    for s in socks:
-        s.close()
-    return ports
 
 
 def env(**extra):

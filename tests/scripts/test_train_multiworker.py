@@ -5,7 +5,6 @@ One run, kept small: TensorFlow's start-up and the tracing of the train step are
 """
 import json
 import os
-import socket
 import subprocess
 import sys
 
@@ -16,21 +15,12 @@ import tfrcnn
 from tfrcnn.config import save_config
 from tfrcnn.data.shapes import generate_shapes_dataset
 from tfrcnn.training import build_optimizer, checkpoints
+from localhost import free_ports
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 TRAIN = os.path.join(REPO, "scripts", "train.py")
 CONFIG = os.path.join(REPO, "tests", "modeling", "configs", "mask_rcnn_r18_tiny.yaml")
 TIMEOUT = 300  # seconds for the run; a hung collective fails the test instead of the CI job
-
-
-def free_ports(n):
-    socks = [socket.socket() for _ in range(n)]
-    for s in socks:
-        s.bind(("127.0.0.1", 0))
-    ports = [s.getsockname()[1] for s in socks]
-    for s in socks:
-        s.close()
-    return ports
 
 
 def overrides(shapes):

@@ -7,7 +7,6 @@ clipping apply once, to the gradient summed over the replicas.
 """
 import json
 import os
-import socket
 import subprocess
 import sys
 
@@ -18,6 +17,7 @@ import tensorflow as tf
 
 import toy_distributed as toy
 from tfrcnn.training import SGD, CustomLoop, make_strategy, train_loop
+from localhost import free_ports
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 TIMEOUT = 150  # seconds per subprocess; a hung collective fails the test instead of the run
@@ -56,16 +56,6 @@ def test_logged_loss_is_the_global_batch_loss(single):
     expected = np.sum((np.tanh(x @ w0 + b0) @ w1 + b1 - y) ** 2) / toy.GLOBAL_BATCH
     assert single[1][0] == pytest.approx(expected, rel=1e-5)
     assert np.all(np.isfinite(single[1])) and not np.allclose(single[0][0], w0)
-
-
-def free_ports(n):
-    socks = [socket.socket() for _ in range(n)]
-    for s in socks:
-        s.bind(("127.0.0.1", 0))
-    ports = [s.getsockname()[1] for s in socks]
-    for s in socks:
-        s.close()
-    return ports
 
 
 @pytest.fixture(scope="module")
