@@ -1,6 +1,7 @@
 """scripts/train.py as a user runs it: a real process, killed with SIGKILL and started again."""
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -37,19 +38,30 @@ def command(shapes, model_dir, **extra):
 ENV = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
 
 
+def recorded_step(model_dir):
+    """The step of the checkpoint that model_dir's `checkpoint` record names (what a restart resumes from); 0 if none."""
+    try:
+        record = (model_dir / "checkpoint").read_text()
+    except FileNotFoundError:
+        return 0
+    found = re.search(r'^model_checkpoint_path: "ckpt-(\d+)"', record, re.MULTILINE)
+    return int(found.group(1)) if found else 0
+
+
 def test_sigkill_then_rerun_resumes_and_eval_writes_metrics(shapes, tmp_path):
     model_dir = tmp_path / "run"
     # 16 images / batch 4 = 4 steps an epoch, 3 epochs = 12 steps, a checkpoint every 2 steps
     process = subprocess.Popen(command(shapes, model_dir), env=ENV, stdout=subprocess.PIPE,
                                stderr=subprocess.STDOUT, text=True)
     deadline = time.time() + 240
-    while not (model_dir / "ckpt-4.index").exists():
+    while recorded_step(model_dir) < 4:
         assert process.poll() is None, process.stdout.read()
         assert time.time() < deadline, "no checkpoint at step 4 within 240 s"
         time.sleep(0.2)
     process.send_signal(signal.SIGKILL)
     process.wait()
-    killed_at = max(int(n[5:-6]) for n in os.listdir(model_dir) if n.startswith("ckpt-") and n.endswith(".index"))
+    # a save is complete once the manager records it; the kill may land after ckpt-N.index and before that record
+    killed_at = recorded_step(model_dir)
     assert 4 <= killed_at < 12
     out = subprocess.run(command(shapes, model_dir), env=ENV, capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-3000:]
