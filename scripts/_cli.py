@@ -19,11 +19,6 @@ import sys
 
 from absl import app, flags, logging
 
-# oneDNN's kernels for convolutions and matmuls. TensorFlow turns them on by default only on CPUs with AVX-512
-# VNNI/BF16 or AMX; on the 2-core AVX2 machine the main job's training step took 545 ms with them and 738 ms
-# without (BENCHMARKS.md). Set before TensorFlow loads; TF_ENABLE_ONEDNN_OPTS=0 in the environment still wins.
-os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "1")
-
 UsageError = app.UsageError  # raise it in main for a bad combination of flags
 USER_ERRORS = (UsageError, OSError, ValueError)
 _HELP_FLAGS = {"help", "?", "helpshort", "helpfull", "helpxml"}

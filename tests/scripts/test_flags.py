@@ -116,14 +116,3 @@ def test_missing_file(name, tmp_path):
     error = _one_error(_run(name, *(a.format(tmp=tmp_path) for a in args)))
     assert path.format(tmp=tmp_path) in error
     assert os.listdir(tmp_path) == [], "nothing is written before the inputs are checked"
-
-
-@pytest.mark.parametrize("preset, expected", [(None, "1"), ("0", "0")])
-def test_scripts_turn_on_onednn_unless_the_environment_says_otherwise(preset, expected):
-    env = {k: v for k, v in ENV.items() if k != "TF_ENABLE_ONEDNN_OPTS"}
-    if preset is not None:
-        env["TF_ENABLE_ONEDNN_OPTS"] = preset
-    code = "import _cli, os; print(os.environ['TF_ENABLE_ONEDNN_OPTS'])"
-    out = subprocess.run([sys.executable, "-c", code], cwd=os.path.join(ROOT, "scripts"), env=env,
-                         capture_output=True, text=True, timeout=60)
-    assert out.stdout.strip() == expected, out.stderr
