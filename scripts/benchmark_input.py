@@ -57,10 +57,8 @@ def main(_):
 
 def _train_step_seconds(config, batches):
     """Mean seconds of a training step of the config's model, on batches in memory (the first traces)."""
-    import tensorflow as tf
     import tfrcnn
     from tfrcnn.training.optimizer import build_optimizer
-    tf.config.experimental.enable_op_determinism()  # the CPU crop_and_resize gradient race (README)
     height, width = config.data.padded_size()
     model = tfrcnn.build_model(config, build_size=(height, width))
     model.compile(optimizer=build_optimizer(config, steps_per_epoch=1000, model=model))

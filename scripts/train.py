@@ -69,7 +69,6 @@ def main(_):
     path = FLAGS.init_checkpoint
     if path and "://" not in path and not (os.path.isdir(path) or os.path.isfile(path + ".index")):
         raise FileNotFoundError(f"{path}: no such checkpoint ({path}.index is missing)")
-    import tensorflow as tf
 
     from tfrcnn.config import load_config
     from tfrcnn.training import trainer
@@ -83,10 +82,6 @@ def main(_):
     else:
         config = load_config(FLAGS.config_file, _overrides())
     chief = chief or config.runtime.strategy != "multi_worker_mirrored"
-    if not tf.config.list_physical_devices("GPU"):
-        # TensorFlow's CPU gradient of crop_and_resize (RoIAlign) loses updates unless deterministic
-        # (tensorflow#42033).
-        tf.config.experimental.enable_op_determinism()
     mode = FLAGS.mode or ("train_and_eval" if main_job else "train")
     metrics = trainer.train(config, FLAGS.model_dir, mode=mode, init_checkpoint=FLAGS.init_checkpoint)
     if main_job and chief and metrics:

@@ -164,8 +164,7 @@ def _align(features, boxes, levels, scales, output_size, sampling_ratio, aligned
                           axis=-1)
     batch, num = _dim(boxes, 0), _dim(boxes, 1)
     channels = _dim(canvas, 3)
-    crops = tf.image.crop_and_resize(
-        canvas, tf.reshape(crop_boxes, [-1, 4]), _box_indices(batch, num), [out_h * sr, out_w * sr])
+    crops = crop_and_resize(canvas, tf.reshape(crop_boxes, [-1, 4]), _box_indices(batch, num), (out_h * sr, out_w * sr))
     mask = tf.cast(valid_y[..., :, None] & valid_x[..., None, :], crops.dtype)  # [B, N, S_h*sr, S_w*sr]
     crops = tf.reshape(crops, [batch, num, out_h, sr, out_w, sr, channels])
     mask = tf.reshape(mask, [batch, num, out_h, sr, out_w, sr, 1])
@@ -241,6 +240,69 @@ def _pool_bins(lo, hi, bins, size):
     valid = index < bin_end[..., None]
     index = tf.clip_by_value(index, 0, tf.maximum(size[..., None] - 1, 0))
     return index, valid, extent == 0
+
+
+def crop_and_resize(image, boxes, box_indices, crop_size):
+    """`tf.image.crop_and_resize` (bilinear, extrapolation value 0) whose gradient to `image` is a segment sum.
+
+    TensorFlow's CPU kernel for that gradient (CropAndResizeGradImage) adds into the image from several threads
+    without synchronisation, so overlapping crops lose updates (tensorflow#42033) unless the user remembers
+    `tf.config.experimental.enable_op_determinism()`. This gradient scatters each sample's four bilinear weights
+    with `tf.math.unsorted_segment_sum`, which is exact with any threading; a main-job training step costs about
+    what it costs under op determinism (median 835 vs 841 ms on 2 CPU cores). No gradient flows to `boxes`
+    (RoIAlign's boxes carry none).
+
+    Args:
+      image: [B, H, W, C] float. boxes: float32 [K, 4] normalized (y1, x1, y2, x2) as crop_and_resize's.
+      box_indices: int32 [K], the image of each box. crop_size: (h, w) Python ints.
+    Returns:
+      [K, h, w, C] float32 crops.
+    """
+    boxes = tf.stop_gradient(boxes)
+
+    @tf.custom_gradient
+    def crop(image):
+        def grad(upstream):
+            return _crop_and_resize_image_grad(upstream, tf.shape(image), image.dtype, boxes, box_indices)
+
+        return tf.image.crop_and_resize(image, boxes, box_indices, crop_size), grad
+
+    return crop(image)
+
+
+def _crop_and_resize_image_grad(upstream, image_shape, dtype, boxes, box_indices):
+    """d crops / d image of crop_and_resize, upstream [K, h, w, C] → [B, H, W, C]: every in-image sample sends
+    upstream * bilinear weight to its four neighbouring pixels, with the kernel's own sample coordinates."""
+    crop_h, crop_w = upstream.shape[1], upstream.shape[2]
+    height, width = image_shape[1], image_shape[2]
+
+    def axis(lo, hi, size, n):  # sample coordinates along one axis, as the kernel computes them
+        last = tf.cast(size - 1, tf.float32)
+        if n > 1:
+            step = (hi - lo) * last / float(n - 1)
+            pos = lo[:, None] * last + tf.range(n, dtype=tf.float32)[None] * step[:, None]
+        else:
+            pos = (0.5 * (lo + hi) * last)[:, None]
+        inside = (pos >= 0.0) & (pos <= last)
+        low = tf.floor(pos)
+        frac = tf.where(inside, pos - low, 0.0)
+        low = tf.clip_by_value(tf.cast(low, tf.int32), 0, size - 1)
+        high = tf.clip_by_value(tf.cast(tf.math.ceil(pos), tf.int32), 0, size - 1)
+        return low, high, frac, tf.cast(inside, tf.float32)
+
+    y1, x1, y2, x2 = tf.unstack(boxes, 4, axis=1)
+    top, bottom, fy, in_y = axis(y1, y2, height, crop_h)      # [K, h]
+    left, right, fx, in_x = axis(x1, x2, width, crop_w)       # [K, w]
+    upstream = tf.cast(upstream, tf.float32) * (in_y[:, :, None] * in_x[:, None, :])[..., None]
+    base = tf.cast(box_indices, tf.int32)[:, None, None] * (height * width)
+    total = image_shape[0] * height * width
+    grad = 0.0
+    for row, wy in ((top, 1.0 - fy), (bottom, fy)):
+        for col, wx in ((left, 1.0 - fx), (right, fx)):
+            index = base + row[:, :, None] * width + col[:, None, :]  # [K, h, w] flat pixel
+            weight = (wy[:, :, None] * wx[:, None, :])[..., None]
+            grad += tf.math.unsorted_segment_sum(upstream * weight, index, total)
+    return tf.cast(tf.reshape(grad, image_shape), dtype)
 
 
 def _round_half_away(x):
