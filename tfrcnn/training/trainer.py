@@ -81,7 +81,9 @@ def initialize_from(model, path):
     shapes = reader.get_variable_to_shape_map()
     copied = 0
     for v in model.variables:
-        key = f"model/{v.path.split('/', 1)[-1]}/.ATTRIBUTES/VARIABLE_VALUE"
+        # tf.train.Checkpoint escapes a name's '.' as '..' and '/' as '.S' in its keys.
+        name = v.path.split("/", 1)[-1].replace(".", "..").replace("/", ".S")
+        key = f"model/{name}/.ATTRIBUTES/VARIABLE_VALUE"
         if key in shapes:
             if list(shapes[key]) != list(v.shape):
                 raise ValueError(f"{path}: {key} has shape {shapes[key]}, the model's {v.path} {list(v.shape)}")
