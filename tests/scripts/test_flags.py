@@ -14,7 +14,7 @@ import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 SCRIPTS = ["train", "evaluate", "export_saved_model", "predict", "create_coco_tfrecord", "benchmark_input",
-           "demo_ops"]
+           "demo_ops", "convert_checkpoint"]
 ENV = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
 
 # A value absl rejects: an enum where the script has one, else a number out of range or not a number.
@@ -26,6 +26,7 @@ BAD_VALUES = {
     "create_coco_tfrecord": (["--num_shards", "many"], "--num_shards=many"),
     "benchmark_input": (["--split", "dev"], "--split=dev"),
     "demo_ops": (["--image_size", "100"], "multiple of 64"),
+    "convert_checkpoint": (["--arch", "resnet7"], "--arch=resnet7"),
 }
 # What each script needs, with one file that is not there; {tmp} is an empty folder. The message names the file.
 MISSING_FILES = {
@@ -38,6 +39,8 @@ MISSING_FILES = {
                               "--output_file_prefix", "{tmp}/out/train"], "{tmp}/nope.json"),
     "benchmark_input": (["--config_file", "{tmp}/nope.yaml"], "{tmp}/nope.yaml"),
     "demo_ops": (["--config_file", "{tmp}/nope.yaml", "--output_dir", "{tmp}/out"], "{tmp}/nope.yaml"),
+    "convert_checkpoint": (["--checkpoint", "{tmp}/nope.pth", "--arch", "resnet50", "--output_dir", "{tmp}/out"],
+                           "{tmp}/nope.pth"),
 }
 # Flags marked as required: leaving all of them out names each.
 REQUIRED = {
@@ -45,7 +48,10 @@ REQUIRED = {
     "export_saved_model": ["export_dir"],
     "predict": ["image", "output_dir"],
     "create_coco_tfrecord": ["image_dir", "object_annotations_file", "output_file_prefix"],
+    "convert_checkpoint": ["checkpoint", "arch", "output_dir"],
 }
+# A value that passes the flag's own validation, for required flags that are not free strings.
+VALID = {"arch": "resnet50"}
 
 
 def _script(name):
@@ -93,7 +99,7 @@ def test_help_documents_every_flag(name):
 @pytest.mark.parametrize("name", SCRIPTS)
 def test_unknown_flag_and_stray_argument(name):
     assert _one_error(_run(name, "--no_such_flag=1")) == "error: unknown flag --no_such_flag (see --help)"
-    given = [f"--{flag}=x" for flag in REQUIRED.get(name, [])]  # else absl reports those first
+    given = [f"--{flag}={VALID.get(flag, 'x')}" for flag in REQUIRED.get(name, [])]  # else absl reports those first
     assert "stray" in _one_error(_run(name, *given, "stray"))
 
 
