@@ -12,6 +12,7 @@ import tfrcnn
 from tfrcnn.convert import load_pth
 from tfrcnn.convert.torchvision import ConversionError, load_resnet, save_backbone_checkpoint
 from tfrcnn.training.trainer import initialize_from
+from torchvision_resnet import randomize_batchnorm, stage_outputs
 
 CONFIG = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "modeling", "configs",
                       "mask_rcnn_r18_tiny.yaml")
@@ -21,12 +22,7 @@ def reference_resnet(depth, seed=0):
     """A random torchvision ResNet in eval mode, its BN statistics and affine terms randomized too."""
     torch.manual_seed(seed)
     model = getattr(torchvision.models, f"resnet{depth}")(weights=None).eval()
-    for m in model.modules():
-        if isinstance(m, torch.nn.BatchNorm2d):
-            torch.nn.init.uniform_(m.weight, 0.5, 1.5)
-            torch.nn.init.normal_(m.bias, std=0.1)
-            m.running_mean.normal_(std=0.1)
-            m.running_var.uniform_(0.5, 1.5)
+    randomize_batchnorm(model)
     return model
 
 
@@ -47,12 +43,7 @@ def test_converted_backbone_matches_torchvision_c2_to_c5(depth, tmp_path):
     assert written == len(model.backbone.weights)
 
     x = torch.randn(2, 3, 64, 96)
-    with torch.no_grad():
-        r = reference.maxpool(reference.relu(reference.bn1(reference.conv1(x))))
-        expected = []
-        for stage in (reference.layer1, reference.layer2, reference.layer3, reference.layer4):
-            r = stage(r)
-            expected.append(r.permute(0, 2, 3, 1).numpy())
+    expected = stage_outputs(reference, x)
     outs = model.backbone(tf.constant(x.permute(0, 2, 3, 1).numpy()), training=False)
     for ours, ref in zip(outs, expected):
         np.testing.assert_allclose(ours.numpy(), ref, rtol=1e-4, atol=1e-4 * np.abs(ref).max())

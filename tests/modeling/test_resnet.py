@@ -7,6 +7,7 @@ import torchvision
 
 from tfrcnn.config import BackboneCfg, NormCfg
 from tfrcnn.modeling.resnet import ResNet, PaddedConv2D
+from torchvision_resnet import randomize_batchnorm, stage_outputs
 
 
 def backbone(**kwargs):
@@ -34,17 +35,6 @@ def copy_from_torchvision(tv_model, ours):
             getattr(layer, norm_names[param]).assign(value)
         copied += 1
     assert copied == len(ours.weights)
-
-
-def randomize_batchnorm(model, eps):
-    """Random affine parameters and running statistics, so the parity test sees every BN term."""
-    for m in model.modules():
-        if isinstance(m, torch.nn.BatchNorm2d):
-            m.eps = eps
-            torch.nn.init.uniform_(m.weight, 0.5, 1.5)
-            torch.nn.init.normal_(m.bias, std=0.1)
-            m.running_mean.normal_(std=0.1)
-            m.running_var.uniform_(0.5, 1.5)
 
 
 @pytest.mark.parametrize("depth, channels", [(18, (64, 128, 256, 512)), (34, (64, 128, 256, 512)),
@@ -78,12 +68,7 @@ def test_numerical_parity_with_torchvision(depth, eps):
     copy_from_torchvision(reference, model)
 
     x = torch.randn(1, 3, 64, 96)
-    with torch.no_grad():
-        r = reference.maxpool(reference.relu(reference.bn1(reference.conv1(x))))
-        expected = []
-        for stage in (reference.layer1, reference.layer2, reference.layer3, reference.layer4):
-            r = stage(r)
-            expected.append(r.permute(0, 2, 3, 1).numpy())
+    expected = stage_outputs(reference, x)
     outs = model(tf.constant(x.permute(0, 2, 3, 1).numpy()), training=False)
     for ours, ref in zip(outs, expected):
         np.testing.assert_allclose(ours.numpy(), ref, rtol=1e-4, atol=1e-4 * np.abs(ref).max())
