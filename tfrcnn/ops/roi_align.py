@@ -293,12 +293,14 @@ def _crop_and_resize_image_grad(upstream, image_shape, dtype, boxes, box_indices
     y1, x1, y2, x2 = tf.unstack(boxes, 4, axis=1)
     top, bottom, fy, in_y = axis(y1, y2, height, crop_h)      # [K, h]
     left, right, fx, in_x = axis(x1, x2, width, crop_w)       # [K, w]
-    upstream = tf.cast(upstream, tf.float32) * (in_y[:, :, None] * in_x[:, None, :])[..., None]
+    upstream = tf.cast(upstream, tf.float32)
     base = tf.cast(box_indices, tf.int32)[:, None, None] * (height * width)
     total = image_shape[0] * height * width
     grad = 0.0
-    for row, wy in ((top, 1.0 - fy), (bottom, fy)):
-        for col, wx in ((left, 1.0 - fx), (right, fx)):
+    # Samples outside the image (zero weights) send nothing: the 0/1 masks go into the per-axis weights, not
+    # over the full-size upstream.
+    for row, wy in ((top, (1.0 - fy) * in_y), (bottom, fy * in_y)):
+        for col, wx in ((left, (1.0 - fx) * in_x), (right, fx * in_x)):
             index = base + row[:, :, None] * width + col[:, None, :]  # [K, h, w] flat pixel
             weight = (wy[:, :, None] * wx[:, None, :])[..., None]
             grad += tf.math.unsorted_segment_sum(upstream * weight, index, total)
