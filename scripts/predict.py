@@ -104,12 +104,13 @@ def saved_model_detector(saved_model_dir):
     if os.path.isfile(label_map_file):
         with open(label_map_file) as f:
             names = {int(i): n for i, n in json.load(f).items()}
-    mask_threshold = 0.5
+    mask_threshold, paste_mode = 0.5, "mmdet"
     config_file = os.path.join(saved_model_dir, "config.yaml")
     if os.path.isfile(config_file):
         with open(config_file) as f:
-            mask_threshold = float(((yaml.safe_load(f) or {}).get("test_cfg", {}).get("rcnn", {}))
-                                   .get("mask_thr_binary", 0.5))
+            rcnn = (yaml.safe_load(f) or {}).get("test_cfg", {}).get("rcnn", {})
+        mask_threshold = float(rcnn.get("mask_thr_binary", 0.5))
+        paste_mode = rcnn.get("mask_paste", "mmdet")
 
     def detect(image):
         if spec.dtype == tf.uint8:
@@ -120,7 +121,8 @@ def saved_model_detector(saved_model_dir):
         if "detection_masks" in out and "detection_masks_image" not in out:
             from tfrcnn.ops.masks import paste_masks
             out["detection_masks_image"] = paste_masks(out["detection_masks"], out["detection_boxes"],
-                                                       image.shape[:2], threshold=mask_threshold).numpy()
+                                                       image.shape[:2], mode=paste_mode, threshold=mask_threshold,
+                                                       strict=paste_mode == "torchvision").numpy()
         return {k: np.asarray(v) for k, v in out.items()}
 
     return detect, names

@@ -200,3 +200,23 @@ def test_python_api_matches_keras(exported):
         export.DetectionModule(model, faster, paste_masks=True)
     with pytest.raises(ValueError, match="input types must be among"):
         export.signatures(module, ["jpeg"])
+
+
+def test_size_divisor_padding_and_torchvision_paste(exported):
+    """data.test_padding 'size_divisor': each image runs at its own padded size (no static canvas); masks pasted as
+    torchvision pastes them with test_cfg.rcnn.mask_paste 'torchvision'."""
+    model, image = exported["model"], exported["decoded"][0]
+    config = tfrcnn.load_config(TINY, "data.test_padding=size_divisor,test_cfg.rcnn.mask_paste=torchvision," + OVERRIDES)
+    padded, _, _ = preprocess_for_inference(tf.constant(image), config.data)
+    assert padded.shape == (96, 128, 3)  # 90x120 resized to 96x128, already a multiple of 32
+    module = export.DetectionModule(model, config, paste_masks=True)
+    got = {k: v.numpy()[0] for k, v in module.detect(image[None]).items()}
+    _assert_matches(got, _reference(model, config, image))
+    want = paste_masks(got["detection_masks"][None], got["detection_boxes"][None], image.shape[:2], mode="torchvision",
+                       threshold=0.5, strict=True).numpy()[0]
+    np.testing.assert_array_equal(got["detection_masks_image"], want)
+    # a batch of two sizes: padded together to the larger (128 x 128), each answered in its own pixels
+    jpegs = tf.constant([tf.io.encode_jpeg(tf.constant(im)).numpy() for im in exported["decoded"]])
+    out = module.detect_bytes(jpegs)
+    np.testing.assert_array_equal(out["image_info"].numpy()[:, 0], SIZES)
+    assert (out["num_detections"].numpy() > 0).all()

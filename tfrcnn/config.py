@@ -309,6 +309,13 @@ class RCNNTestCfg(_Section):
     nms: NMSCfg = _sub(NMSCfg)
     max_per_img: int = 100
     mask_thr_binary: float = 0.5
+    # Boxes (after decoding and clipping) with a width or height below this are dropped before NMS: torchvision
+    # drops those under 1e-2 px; MMDetection keeps all (0).
+    min_bbox_size: float = 0.0
+    # How a 28x28 box-frame mask goes into the image (tfrcnn.ops.masks.paste_masks): 'mmdet' samples it at every
+    # pixel centre and thresholds `>= mask_thr_binary`; 'torchvision' pastes as paste_masks_in_image (1-px zero
+    # border, box grown by 30/28 and truncated to integers) and thresholds `> mask_thr_binary`.
+    mask_paste: Literal["mmdet", "torchvision"] = "mmdet"
 
 
 @dataclass
@@ -374,6 +381,18 @@ class DataCfg(_Section):
     # portrait images alike. A smaller pad_size also shrinks the images that would not fit.
     pad_size: Optional[Tuple[int, int]] = None
     img_norm_cfg: ImgNormCfg = _sub(ImgNormCfg)
+    # How keep-ratio resizing rounds the new sides: 'half_up' int(side * factor + 0.5) as MMDetection, or 'floor'
+    # as torchvision (F.interpolate with a scale factor: 480x640 -> 800x1066).
+    resize_rounding: Literal["half_up", "floor"] = "half_up"
+    # Normalize before resizing (torchvision's GeneralizedRCNNTransform) instead of after (MMDetection). Bilinear
+    # weights sum to 1, so the two orders differ only by float rounding.
+    normalize_before_resize: bool = False
+    # Evaluation and inference (exported models, predict.py) pad each batch to: 'pad_size', the static canvas
+    # padded_size() (one shape for all images: XLA and TPU friendly); or 'size_divisor', its largest resized image
+    # rounded up to size_divisor, as MMDetection's test-time Pad and torchvision's batching do (exactly their
+    # features near the right and bottom borders, and torchvision's P6 anchor strides). Training always pads to
+    # the static canvas.
+    test_padding: Literal["pad_size", "size_divisor"] = "pad_size"
     max_instances: int = 100  # gt boxes (and crowd boxes) per image are padded (or cut, with a warning) to this
     mask_crop_size: int = 112  # gt masks are stored cropped to their boxes at this size
     # The dataset's category id of each model class, in class order (class c is category_ids[c - 1]), and

@@ -1,8 +1,8 @@
 """Inference on raw images, in process or as a TensorFlow SavedModel.
 
 `DetectionModule` wraps a detector with exactly the preprocessing of evaluation
-(`tfrcnn.data.pipeline.preprocess_for_inference`: keep-ratio resize into the config's static padded canvas,
-normalize, pad) and maps the detections back to each ORIGINAL image: boxes in original pixels, classes as the
+(`tfrcnn.data.pipeline.preprocess_for_inference`: keep-ratio resize, normalize, pad to the config's static canvas
+or, with data.test_padding 'size_divisor', to the batch's largest image rounded up to size_divisor) and maps the detections back to each ORIGINAL image: boxes in original pixels, classes as the
 dataset's category ids. `export_saved_model` saves it with Model Garden's serving signatures (`image_tensor`,
 `image_bytes`, `tf_example`), a label map and the resolved config:
 
@@ -19,7 +19,7 @@ Outputs (a dict of tensors; K = test_cfg.rcnn.max_per_img):
   image_info         float32 [B, 4, 2]: [[orig_h, orig_w], [scaled_h, scaled_w], [y_scale, x_scale], [0, 0]].
   detection_masks    float32 [B, K, 28, 28] (Mask R-CNN): probabilities in each box's frame, as Model Garden.
   detection_masks_image  uint8 [B, K, H, W] 0/1 (with paste_masks=True): masks pasted into the original image
-                     ("mmdet" paste, `>= test_cfg.rcnn.mask_thr_binary`). A batch of images of different sizes
+                     as test_cfg.rcnn.mask_paste says, thresholded at test_cfg.rcnn.mask_thr_binary. A batch of images of different sizes
                      (image_bytes, tf_example) is pasted at the batch's largest height and width: image b's masks
                      fill [:orig_h_b, :orig_w_b] and are 0 beyond.
 """
@@ -38,6 +38,8 @@ LABEL_MAP_JSON, LABEL_MAP_PBTXT, CONFIG_NAME = "label_map.json", "label_map.pbtx
 
 _IMAGES_SPEC = tf.TensorSpec([None, None, None, 3], tf.uint8, name="inputs")
 _STRINGS_SPEC = tf.TensorSpec([None], tf.string, name="inputs")
+# One preprocessed, unpadded image [h, (w), 3]: images of a batch may differ in size until pad_batch pads them.
+_RAGGED_IMAGE = tf.RaggedTensorSpec([None, None, 3], tf.float32, ragged_rank=1)
 
 
 class DetectionModule(tf.Module):
@@ -64,6 +66,7 @@ class DetectionModule(tf.Module):
         self._data_cfg = config.data
         self._paste = paste_masks
         self._mask_threshold = float(config.test_cfg.rcnn.mask_thr_binary)
+        self._paste_mode = config.test_cfg.rcnn.mask_paste
         category_ids, self.class_names = pipeline.resolve_categories(config.data)
         self.category_ids = [int(i) for i in category_ids]
         self._class_to_id = tf.constant([0] + self.category_ids, tf.int32)  # class 0 (padding) stays 0
@@ -80,13 +83,13 @@ class DetectionModule(tf.Module):
                           "image_tensor: inputs must be uint8 [batch, height, width, 3]")
 
         def one(image):
-            return pipeline.preprocess_for_inference(image, self._data_cfg)
+            resized, image_size, scale = pipeline.preprocess_for_inference(image, self._data_cfg, pad=False)
+            return tf.RaggedTensor.from_tensor(resized), image_size, scale
 
-        padded, image_size, scale = tf.map_fn(
-            one, images, fn_output_signature=(tf.float32, tf.int32, tf.float32))
+        resized, image_size, scale = tf.map_fn(one, images, fn_output_signature=(_RAGGED_IMAGE, tf.int32, tf.float32))
         shape = tf.shape(images)
         original_size = tf.tile(shape[None, 1:3], [shape[0], 1])
-        return self._detect(padded, image_size, scale, original_size)
+        return self._detect(pipeline.pad_batch(resized, self._data_cfg), image_size, scale, original_size)
 
     @tf.function(input_signature=[_STRINGS_SPEC])
     def detect_bytes(self, encoded):
@@ -97,12 +100,12 @@ class DetectionModule(tf.Module):
         def one(data):
             image = tf.io.decode_image(data, channels=3, expand_animations=False)
             image.set_shape([None, None, 3])
-            padded, image_size, scale = pipeline.preprocess_for_inference(image, self._data_cfg)
-            return padded, image_size, scale, tf.shape(image)[:2]
+            resized, image_size, scale = pipeline.preprocess_for_inference(image, self._data_cfg, pad=False)
+            return tf.RaggedTensor.from_tensor(resized), image_size, scale, tf.shape(image)[:2]
 
-        padded, image_size, scale, original_size = tf.map_fn(
-            one, encoded, fn_output_signature=(tf.float32, tf.int32, tf.float32, tf.int32))
-        return self._detect(padded, image_size, scale, original_size)
+        resized, image_size, scale, original_size = tf.map_fn(
+            one, encoded, fn_output_signature=(_RAGGED_IMAGE, tf.int32, tf.float32, tf.int32))
+        return self._detect(pipeline.pad_batch(resized, self._data_cfg), image_size, scale, original_size)
 
     @tf.function(input_signature=[_STRINGS_SPEC])
     def detect_examples(self, serialized):
@@ -140,7 +143,8 @@ class DetectionModule(tf.Module):
     def _paste_into_images(self, masks, boxes, original_size):
         """uint8 [B, K, H, W] at the batch's largest (H, W); each image's masks are zero beyond its own size."""
         height, width = tf.reduce_max(original_size[:, 0]), tf.reduce_max(original_size[:, 1])
-        pasted = _paste_masks(masks, boxes, (height, width), mode="mmdet", threshold=self._mask_threshold)
+        pasted = _paste_masks(masks, boxes, (height, width), mode=self._paste_mode, threshold=self._mask_threshold,
+                              strict=self._paste_mode == "torchvision")
         inside = tf.logical_and(tf.range(height)[None, :, None] < original_size[:, 0, None, None],
                                 tf.range(width)[None, None, :] < original_size[:, 1, None, None])  # [B, H, W]
         return pasted * tf.cast(inside, tf.uint8)[:, None]

@@ -304,8 +304,8 @@ PREDICT_PROPOSALS = [[[0.0, 0.0, 20.0, 20.0], [30.0, 30.0, 50.0, 50.0], [40.0, 0
 IMAGE_SIZE = [[60, 100]]
 
 
-def predict(score_thr=0.05, max_per_img=100, function=False):
-    test_cfg = RCNNTestCfg(score_thr=score_thr, max_per_img=max_per_img)
+def predict(score_thr=0.05, max_per_img=100, function=False, min_bbox_size=0.0):
+    test_cfg = RCNNTestCfg(score_thr=score_thr, max_per_img=max_per_img, min_bbox_size=min_bbox_size)
     head = controlled(StandardRoIHead(small_cfg(), test_cfg=test_cfg), PREDICT_CLS_BIAS, PREDICT_REG_BIAS,
                       PREDICT_MASK_BIAS)
     fn = tf.function(head.predict) if function else head.predict
@@ -348,6 +348,12 @@ def test_predict_score_thr_is_strict_and_max_per_img():
     out = predict(max_per_img=4)
     assert out["num_detections"] == 4 and out["detection_boxes"].shape == (4, 4)
     assert sorted(out["detection_classes"]) == [1, 1, 1, 2]
+
+
+def test_predict_min_bbox_size_keeps_sides_at_least_it():
+    # every detection of test_predict_classes_boxes_and_masks has a side of exactly 20 px (after clipping)
+    assert predict(min_bbox_size=20.0)["num_detections"] == 9  # torchvision's remove_small_boxes keeps w, h >= it
+    assert predict(min_bbox_size=float(np.nextafter(np.float32(20), np.float32(21))))["num_detections"] == 0
 
 
 def test_predict_and_losses_under_tf_function():

@@ -75,7 +75,11 @@ def build_dataset(config, split, training, batch_size=None, input_context=None, 
         ds = ds.map(lambda ex: (ex, tf.constant(0, tf.int64)))
     transform = _Transform(data_cfg, with_mask, training)
     ds = ds.map(transform, num_parallel_calls=AUTOTUNE)
-    ds = ds.batch(batch_size or data_cfg.samples_per_gpu, drop_remainder=training, num_parallel_calls=AUTOTUNE)
+    batch_size = batch_size or data_cfg.samples_per_gpu
+    if training or data_cfg.test_padding == "pad_size":
+        ds = ds.batch(batch_size, drop_remainder=training, num_parallel_calls=AUTOTUNE)
+    else:  # images of several sizes: each batch padded to its largest (all multiples of size_divisor)
+        ds = ds.padded_batch(batch_size)
     options = tf.data.Options()
     options.deterministic = data_cfg.deterministic
     options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.OFF
@@ -186,21 +190,28 @@ def _decode_images(ds, policy, corrupt_images, deterministic):
     return ds.filter(keep_if_decoded)
 
 
-def resized_size(height, width, long_side, short_side, data_cfg):
-    """int32 (new_h, new_w): MMDetection's rescale of an (h, w) image to a (long, short) scale, within the pad.
+def resized_size(height, width, long_side, short_side, data_cfg, fit_pad=True):
+    """int32 (new_h, new_w): the rescale of an (h, w) image to a (long, short) scale.
 
-    keep_ratio: factor min(long / max(h, w), short / min(h, w)), also small enough to fit data.padded_size(),
-    sides rounded half up; otherwise (short, long) literally, as MMDetection's (w, h) img_scale. Float scalars in.
+    keep_ratio: factor min(long / max(h, w), short / min(h, w)), with `fit_pad` also small enough to fit
+    data.padded_size(); sides rounded as data.resize_rounding says (half up as MMDetection, or down as torchvision),
+    in float64 as both compute them (in float32, 480 * (800 / 480) is 799.99994). Without keep_ratio (short, long)
+    literally, as MMDetection's (w, h) img_scale. Scalars in.
     """
-    pad_h, pad_w = data_cfg.padded_size()
-    h, w = tf.cast(height, tf.float32), tf.cast(width, tf.float32)
+    h, w = tf.cast(height, tf.float64), tf.cast(width, tf.float64)
+    long_side, short_side = tf.cast(long_side, tf.float64), tf.cast(short_side, tf.float64)
     if data_cfg.keep_ratio:
         factor = tf.minimum(long_side / tf.maximum(h, w), short_side / tf.minimum(h, w))
-        factor = tf.minimum(factor, tf.minimum(pad_h / h, pad_w / w))
-        new = tf.floor(tf.stack([h, w]) * factor + 0.5)
+        if fit_pad:
+            pad_h, pad_w = data_cfg.padded_size()
+            factor = tf.minimum(factor, tf.minimum(pad_h / h, pad_w / w))
+        offset = 0.5 if data_cfg.resize_rounding == "half_up" else 0.0
+        new = tf.floor(tf.stack([h, w]) * factor + offset)
     else:
         new = tf.stack([short_side, long_side])
-    new = tf.minimum(tf.maximum(new, 1.0), [float(pad_h), float(pad_w)])
+    new = tf.maximum(new, 1.0)
+    if fit_pad:
+        new = tf.minimum(new, [float(s) for s in data_cfg.padded_size()])
     return tf.cast(new, tf.int32)
 
 
@@ -210,31 +221,82 @@ def inference_scale(data_cfg):
     return max(s[0] for s in data_cfg.scales()), max(s[1] for s in data_cfg.scales())
 
 
-def normalize_and_pad(image, data_cfg):
-    """float32 [h, w, 3] RGB in 0..255 → normalized (BGR first when img_norm_cfg.to_rgb is false), zero-padded at
-    the bottom and right to data.padded_size(): float32 [H, W, 3]."""
+def normalize(image, data_cfg):
+    """float32 [..., 3] RGB in 0..255 → (image - mean) / std, BGR first when img_norm_cfg.to_rgb is false."""
     norm = data_cfg.img_norm_cfg
-    pad_h, pad_w = data_cfg.padded_size()
     if not norm.to_rgb:
         image = image[..., ::-1]  # caffe-style weights take BGR, with the mean and std in BGR order
-    image = (image - tf.constant(norm.mean, tf.float32)) / tf.constant(norm.std, tf.float32)
+    return (image - tf.constant(norm.mean, tf.float32)) / tf.constant(norm.std, tf.float32)
+
+
+def pad_to(image, height, width):
+    """[h, w, C] zero-padded at the bottom and right to [height, width, C] (static where height, width are ints)."""
     size = tf.shape(image)
     # tf.pad: half the time of pad_to_bounding_box, which pads through a generic slice-and-concat
-    image = tf.pad(image, [[0, pad_h - size[0]], [0, pad_w - size[1]], [0, 0]])
-    image.set_shape([pad_h, pad_w, 3])
+    image = tf.pad(image, [[0, height - size[0]], [0, width - size[1]], [0, 0]])
+    image.set_shape([height if isinstance(height, int) else None, width if isinstance(width, int) else None,
+                     image.shape[-1]])
     return image
 
 
-def preprocess_for_inference(image, data_cfg):
+def round_up(size, divisor):
+    """int32 sizes rounded up to a multiple of divisor."""
+    return (size + divisor - 1) // divisor * divisor
+
+
+def normalize_and_pad(image, data_cfg):
+    """float32 [h, w, 3] RGB in 0..255 → normalized, zero-padded at the bottom and right to data.padded_size():
+    float32 [H, W, 3]."""
+    return pad_to(normalize(image, data_cfg), *data_cfg.padded_size())
+
+
+def resize_and_normalize(image, new_size, data_cfg):
+    """A decoded RGB image [h, w, 3] (0..255) bilinearly resized to new_size (half-pixel centres, no antialias)
+    and normalized, in the order data.normalize_before_resize says: float32 [new_h, new_w, 3], unpadded."""
+    image = tf.cast(image, tf.float32)
+    if data_cfg.normalize_before_resize:
+        return tf.image.resize(normalize(image, data_cfg), new_size, method="bilinear")
+    return normalize(tf.image.resize(image, new_size, method="bilinear"), data_cfg)
+
+
+def preprocess_for_inference(image, data_cfg, pad=True):
     """One decoded RGB image (uint8 or float [h, w, 3], any size) → what evaluation batches hold for it:
-    (normalized padded image float32 [H, W, 3], image_size int32 [2] (resized h, w), scale float32 [2]
-    (resized / original per axis)). Exported models run exactly this."""
+    (normalized image float32, image_size int32 [2] (resized h, w), scale float32 [2] (resized / original per
+    axis)). Exported models run exactly this.
+
+    The image is padded to data.padded_size() ([H, W, 3]) with data.test_padding 'pad_size', else to its own size
+    rounded up to data.size_divisor; `pad=False` returns it unpadded [new_h, new_w, 3] (a batch of several sizes
+    is then padded to its largest, see `pad_batch`). With 'size_divisor' the resize does not shrink to fit
+    padded_size().
+    """
     size = tf.shape(image)[:2]
     long_side, short_side = inference_scale(data_cfg)
-    new_size = resized_size(size[0], size[1], float(long_side), float(short_side), data_cfg)
+    static = data_cfg.test_padding == "pad_size"
+    new_size = resized_size(size[0], size[1], float(long_side), float(short_side), data_cfg, fit_pad=static)
     scale = tf.cast(new_size, tf.float32) / tf.cast(size, tf.float32)
-    resized = tf.image.resize(tf.cast(image, tf.float32), new_size, method="bilinear")
-    return normalize_and_pad(resized, data_cfg), new_size, scale
+    resized = resize_and_normalize(image, new_size, data_cfg)
+    if pad:
+        if static:
+            resized = pad_to(resized, *data_cfg.padded_size())
+        else:
+            padded = round_up(new_size, data_cfg.size_divisor)
+            resized = pad_to(resized, padded[0], padded[1])
+    return resized, new_size, scale
+
+
+def pad_batch(images, data_cfg):
+    """Unpadded preprocessed images (a tf.RaggedTensor [B, (h), (w), 3], or a dense batch) → a dense batch padded at
+    the bottom and right to data.padded_size() ('pad_size') or to the largest image rounded up to size_divisor."""
+    if isinstance(images, tf.RaggedTensor):
+        images = images.to_tensor()
+    size = tf.shape(images)
+    if data_cfg.test_padding == "pad_size":
+        height, width = data_cfg.padded_size()
+    else:
+        height, width = round_up(size[1], data_cfg.size_divisor), round_up(size[2], data_cfg.size_divisor)
+    images = tf.pad(images, [[0, 0], [0, height - size[1]], [0, width - size[2]], [0, 0]])
+    return tf.ensure_shape(images, [None, height if isinstance(height, int) else None,
+                                    width if isinstance(width, int) else None, 3])
 
 
 class _Transform:
@@ -257,7 +319,7 @@ class _Transform:
 
         new_size = self._resized_size(h, w, seeds)
         scale = tf.cast(new_size, tf.float32) / tf.stack([h, w])
-        image = tf.image.resize(tf.cast(image, tf.float32), new_size, method="bilinear")
+        image = resize_and_normalize(image, new_size, self.cfg)
         boxes = boxes * tf.tile(scale, [2])
         if self.training and self.cfg.flip_ratio > 0:
             flip = tf.random.stateless_uniform([], tf.cast(seeds[1], tf.int32) * [1, 1]) < self.cfg.flip_ratio
@@ -268,7 +330,11 @@ class _Transform:
             if masks is not None:
                 masks = tf.cond(flip, lambda: masks[:, :, ::-1], lambda: masks)
 
-        image = normalize_and_pad(image, self.cfg)
+        if self.training or self.cfg.test_padding == "pad_size":
+            image = pad_to(image, *self.cfg.padded_size())
+        else:  # padded to a multiple of size_divisor here; each batch to its largest image (padded_batch)
+            padded = round_up(new_size, self.cfg.size_divisor)
+            image = pad_to(image, padded[0], padded[1])
 
         keep = tf.where(valid & ~crowd)[:, 0]
         ignore = tf.where(valid & crowd)[:, 0]
@@ -302,7 +368,8 @@ class _Transform:
             pick = tf.random.stateless_uniform([], tf.cast(seeds[0], tf.int32) * [1, 1], 0, len(self.cfg.scales()),
                                                dtype=tf.int32)
             long_side, short_side = scales[pick, 0], scales[pick, 1]
-        return resized_size(h, w, long_side, short_side, self.cfg)
+        fit_pad = self.training or self.cfg.test_padding == "pad_size"
+        return resized_size(h, w, long_side, short_side, self.cfg, fit_pad=fit_pad)
 
     def _mask_crops(self, ex, boxes):
         """float32 [N, S, S]: each full-image mask sampled at S × S bin centres over its box (original pixels)."""

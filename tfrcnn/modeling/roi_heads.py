@@ -371,6 +371,10 @@ class StandardRoIHead(keras.layers.Layer):
         shape = tf.shape(boxes)  # [B, N, C or 1, 4]
         boxes = tf.reshape(clip_boxes(tf.reshape(boxes, [shape[0], -1, 4]), image_size), shape)
         valid = tf.broadcast_to(tf.cast(proposals_valid, tf.bool)[:, :, None], tf.shape(scores))
+        if self.test_cfg.min_bbox_size > 0:  # torchvision's remove_small_boxes(boxes, 1e-2): keeps w, h >= it
+            y1, x1, y2, x2 = tf.unstack(boxes, 4, axis=-1)  # [B, N, C or 1]
+            large = (x2 - x1 >= self.test_cfg.min_bbox_size) & (y2 - y1 >= self.test_cfg.min_bbox_size)
+            valid = valid & tf.broadcast_to(large, tf.shape(valid))
         scores = tf.where(valid, scores, 0.0)
         t = self.test_cfg
         detections = multiclass_nms(boxes, scores, t.score_thr, t.nms.iou_threshold, t.max_per_img, valid)

@@ -57,8 +57,10 @@ def evaluate(config, model, split="val", max_images=None, progress=True):
         raise FileNotFoundError(f"data.{split}: neither ann_file {split_cfg.ann_file!r} nor a tfrecord pattern")
     category_ids, _ = pipeline.resolve_categories(config.data)
     evaluator = CocoEvaluator(gt, iou_types=config.evaluation.metric, category_ids=category_ids,
-                              mask_threshold=config.test_cfg.rcnn.mask_thr_binary)
-    predict = tf.function(lambda inputs: model(inputs, training=False))
+                              mask_threshold=config.test_cfg.rcnn.mask_thr_binary,
+                              mask_paste_mode=config.test_cfg.rcnn.mask_paste)
+    # reduce_retracing: with data.test_padding 'size_divisor' batches differ in size; one trace serves them all.
+    predict = tf.function(lambda inputs: model(inputs, training=False), reduce_retracing=True)
     dataset = pipeline.build_dataset(config, split, training=False)
     return evaluate_model(predict, dataset, evaluator, max_images=max_images, progress=progress)
 
