@@ -73,3 +73,21 @@ def test_equals_torchvision_for_800x1216():
     np.testing.assert_array_equal(ours, theirs)
     # P6 is 13 × 19, so torchvision's P6 strides are (800 // 13, 1216 // 19) = (61, 64), not 64.
     assert gen.level_strides(image_size, feature_sizes)[4] == (61, 64)
+
+
+@pytest.mark.parametrize("torchvision_strides", [False, True])
+def test_sizes_known_only_at_run_time_give_the_static_anchors(torchvision_strides):
+    """Inference on any image size computes the anchors in the graph: the same values as the numpy constants."""
+    import tensorflow as tf
+
+    gen = AnchorGenerator(**SEED_CFG, round_base_anchors=True, strides_from_feature_size=torchvision_strides)
+    image_size = (800, 1216)
+    feature_sizes = [feature_map_size(image_size, s) for s in SEED_CFG["strides"]]
+    static = gen(image_size, feature_sizes)
+
+    @tf.function(input_signature=[tf.TensorSpec([2], tf.int32), tf.TensorSpec([5, 2], tf.int32)])
+    def dynamic(size, sizes):
+        return gen((size[0], size[1]), [(sizes[i, 0], sizes[i, 1]) for i in range(5)])
+
+    for ours, expected in zip(dynamic(tf.constant(image_size), tf.constant(feature_sizes)), static):
+        np.testing.assert_array_equal(ours.numpy(), expected.numpy())

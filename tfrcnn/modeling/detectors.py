@@ -21,6 +21,12 @@ from tfrcnn.modeling.rpn import RPNHead
 RPN_SEED_SALT, RCNN_SEED_SALT = 0, 1 << 20  # keep the two samplers' noise apart
 
 
+def _spatial_size(images):
+    """(h, w) of an NHWC batch: ints where static, int32 scalars where not (inference on any size)."""
+    dynamic = tf.shape(images)
+    return tuple(images.shape[a] if images.shape[a] is not None else dynamic[a] for a in (1, 2))
+
+
 class TwoStageDetector(keras.Model):
     """Backbone + FPN + RPN + StandardRoIHead, configured by a `tfrcnn.config.Config`.
 
@@ -87,7 +93,7 @@ class TwoStageDetector(keras.Model):
     def call(self, inputs, training=False):
         images, image_size = self._unpack(inputs)
         features, logits, deltas = self._dense_forward(images, training=False)
-        anchors = self.rpn_head.anchors(images.shape[1:3], features)
+        anchors = self.rpn_head.anchors(_spatial_size(images), features)
         proposals, _, valid = self.rpn_head.get_proposals(logits, deltas, anchors, image_size,
                                                           self.config.test_cfg.rpn)
         return self.roi_head.predict(features, proposals, valid, image_size)

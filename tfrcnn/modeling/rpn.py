@@ -122,15 +122,17 @@ class RPNHead(keras.layers.Layer):
         """Anchors of every level for the padded input.
 
         Args:
-          image_shape: static (h, w) of the padded network input.
-          features: the feature maps (or anything with `.shape` [B, H_l, W_l, ...]); their H_l, W_l must be static.
+          image_shape: (h, w) of the padded network input: ints, or int32 scalars when not static.
+          features: the feature maps [B, H_l, W_l, ...]; static H_l, W_l (and image_shape) make the anchors graph
+            constants, dynamic ones (inference on any size) compute them in the graph.
         Returns:
           list of float32 [H_l * W_l * A, 4] in padded-input pixels, in the order of `call`'s outputs.
         """
-        sizes = [(f.shape[1], f.shape[2]) for f in features]
-        if any(s is None for hw in sizes for s in hw):
-            raise ValueError(f"RPNHead.anchors: feature map sizes must be static, got {sizes}")
-        return self.anchor_generator(image_shape, sizes)
+        sizes = []
+        for f in features:
+            dynamic = tf.shape(f)
+            sizes.append(tuple(f.shape[a] if f.shape[a] is not None else dynamic[a] for a in (1, 2)))
+        return self.anchor_generator(tuple(image_shape), sizes)
 
     def losses(self, logits, deltas, anchors, gt_boxes, gt_classes, ignore_boxes, image_size, seed):
         """RPN training losses (seed §2.4–2.7) as (sum, count) pairs.

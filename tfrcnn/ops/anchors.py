@@ -86,17 +86,20 @@ class AnchorGenerator:
         return anchors.astype(np.float64)
 
     def level_strides(self, image_size, feature_sizes):
-        """(stride_y, stride_x) of each level: nominal, or torchvision's padded_size // feature_size."""
+        """(stride_y, stride_x) of each level: nominal, or torchvision's padded_size // feature_size (ints, or int32
+        scalars where the sizes are tensors)."""
         if not self.strides_from_feature_size:
             return [(s, s) for s in self.strides]
-        return [(int(image_size[0]) // fh, int(image_size[1]) // fw) for fh, fw in feature_sizes]
+        return [(image_size[0] // fh, image_size[1] // fw) for fh, fw in feature_sizes]
 
     def __call__(self, image_size, feature_sizes=None):
         """Anchors of every level for one padded input size (the same for every image of a batch).
 
         Args:
-          image_size: static (height, width) of the padded network input.
-          feature_sizes: optional list of (h, w) per level; by default `feature_map_size(image_size, stride)`.
+          image_size: (height, width) of the padded network input: Python ints (anchors become graph constants),
+            or int32 scalar tensors for inference on sizes unknown at trace time (anchors are computed in the graph).
+          feature_sizes: optional list of (h, w) per level, ints or int32 scalars; by default
+            `feature_map_size(image_size, stride)` (static sizes only).
         Returns:
           list over levels of float32 tensors [h_l * w_l * A, 4], [y1, x1, y2, x2] in padded-input pixels.
         """
@@ -104,9 +107,13 @@ class AnchorGenerator:
             feature_sizes = [feature_map_size(image_size, s) for s in self.strides]
         if len(feature_sizes) != len(self.strides):
             raise ValueError(f"AnchorGenerator: {len(feature_sizes)} feature maps for {len(self.strides)} strides")
+        dynamic = any(tf.is_tensor(x) for x in list(image_size) + [s for hw in feature_sizes for s in hw])
         anchors = []
         for level, ((fh, fw), (sy, sx)) in enumerate(zip(feature_sizes,
                                                           self.level_strides(image_size, feature_sizes))):
+            if dynamic:
+                anchors.append(self._level_anchors_tf(level, fh, fw, sy, sx))
+                continue
             # Built with numpy once per (static) image size: anchors are constants of the graph.
             cy = (np.arange(fh) + self.center_offset) * sy
             cx = (np.arange(fw) + self.center_offset) * sx
@@ -115,6 +122,16 @@ class AnchorGenerator:
             level_anchors = (shifts + self.base_anchors(level)[None]).reshape(-1, 4)
             anchors.append(tf.constant(level_anchors, tf.float32))
         return anchors
+
+    def _level_anchors_tf(self, level, fh, fw, sy, sx):
+        """One level's anchors computed in the graph, in the order and float32 values of the numpy path."""
+        def centres(n, stride):
+            # float64 as the numpy path, then one rounding to float32 for the sum below
+            return (tf.cast(tf.range(n), tf.float64) + self.center_offset) * tf.cast(stride, tf.float64)
+        cy, cx = tf.meshgrid(centres(fh, sy), centres(fw, sx), indexing="ij")
+        shifts = tf.reshape(tf.stack([cy, cx, cy, cx], axis=-1), [-1, 1, 4])
+        level_anchors = shifts + tf.constant(self.base_anchors(level)[None], tf.float64)
+        return tf.cast(tf.reshape(level_anchors, [-1, 4]), tf.float32)
 
 
 def anchor_generator_from_config(cfg):
