@@ -23,6 +23,7 @@ setup(
             "hypothesis",
             "torch==2.14.1",
             "torchvision==0.29.1",
+            "scikit-image==0.26.0",  # real photos (skimage.data) for the torchvision parity test
         ],
     },
 )

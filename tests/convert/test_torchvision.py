@@ -1,6 +1,7 @@
 """torchvision ResNet weights → tfrcnn's backbone: C2..C5 equal torchvision's layer1..layer4, and a state dict
 that does not fit fails with every problem listed before anything is written."""
 import os
+import re
 
 import numpy as np
 import pytest
@@ -10,8 +11,9 @@ import torchvision
 
 import tfrcnn
 from tfrcnn.convert import load_pth
-from tfrcnn.convert.torchvision import ConversionError, load_resnet, save_backbone_checkpoint
+from tfrcnn.convert.torchvision import ConversionError, load_detector, load_resnet, save_backbone_checkpoint
 from tfrcnn.training.trainer import initialize_from
+from torchvision_detection import reference_detector
 from torchvision_resnet import randomize_batchnorm, stage_outputs
 
 CONFIG = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "modeling", "configs",
@@ -97,3 +99,87 @@ def test_depth_mismatch_is_reported_not_guessed():
     # ResNet-50's extra blocks and 1x1 convs are unexpected; its 1x1 layer1.0.conv1 does not fit R18's 3x3
     assert "unexpected: " in message and "layer3.5.conv3.weight" in message
     assert "layer1.0.conv1.weight (64, 64, 1, 1) does not fit" in message
+
+
+# --- detection checkpoints ---------------------------------------------------------------------------------------
+# The key mapping is the same whatever the ResNet: an R18 Mask R-CNN keeps these tests fast (the R50 parity test is
+# tests/convert/test_torchvision_detection.py).
+PRESETS = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))), "configs",
+                       "torchvision")
+
+
+def r18_detector(arch="maskrcnn_resnet50_fpn"):
+    config = tfrcnn.load_config(os.path.join(PRESETS, f"{arch}_coco.yaml"),
+                                "model.backbone.depth=18,model.neck.in_channels=[64,128,256,512]")
+    return tfrcnn.build_model(config, build_size=(64, 64))
+
+
+@pytest.fixture(scope="module")
+def r18_state():
+    reference = reference_detector("maskrcnn_resnet50_fpn", depth=18, calibrated=False)
+    return {key: value.numpy() for key, value in reference.state_dict().items()}
+
+
+def legacy_names(state):
+    """The key names of older torchvision checkpoint files."""
+    renamed = {}
+    for key, value in state.items():
+        key = re.sub(r"^rpn\.head\.conv\.0\.0\.", "rpn.head.conv.", key)
+        key = re.sub(r"^roi_heads\.mask_head\.(\d+)\.0\.", lambda m: f"roi_heads.mask_head.mask_fcn{int(m[1]) + 1}.", key)
+        key = re.sub(r"^backbone\.fpn\.(inner_blocks|layer_blocks)\.(\d+)\.0\.", r"backbone.fpn.\1.\2.", key)
+        renamed[key] = value
+    return renamed
+
+
+def test_legacy_key_names_convert_to_the_same_weights(r18_state):
+    legacy = legacy_names(r18_state)
+    assert "rpn.head.conv.weight" in legacy and "roi_heads.mask_head.mask_fcn4.bias" in legacy
+    assert "backbone.fpn.layer_blocks.3.weight" in legacy
+    current, old = r18_detector(), r18_detector()
+    assert load_detector(current, r18_state) == len(current.weights) == load_detector(old, legacy)
+    for a, b in zip(current.weights, old.weights):
+        np.testing.assert_array_equal(a.numpy(), b.numpy(), err_msg=a.path)
+
+
+def test_detection_weights_land_in_their_layers(r18_state):
+    model = r18_detector()
+    load_detector(model, r18_state)
+    box, mask = model.roi_head.bbox_head, model.roi_head.mask_head
+    # fc6 reads NHWC-flattened RoI features: row (y * 7 + x) * 256 + c is torchvision's column c * 49 + y * 7 + x.
+    y, x, c = 3, 5, 17
+    np.testing.assert_array_equal(box.shared_fcs[0].kernel.numpy()[(y * 7 + x) * 256 + c],
+                                  r18_state["roi_heads.box_head.fc6.weight"][:, c * 49 + y * 7 + x])
+    # background (class 0) slots dropped: box deltas of class k at 4(k-1).., mask channel k at k-1
+    np.testing.assert_array_equal(box.fc_reg.kernel.numpy()[:, 4:8],
+                                  r18_state["roi_heads.box_predictor.bbox_pred.weight"][8:12].T)
+    np.testing.assert_array_equal(box.fc_cls.bias.numpy(), r18_state["roi_heads.box_predictor.cls_score.bias"])
+    np.testing.assert_array_equal(mask.conv_logits.bias.numpy(),
+                                  r18_state["roi_heads.mask_predictor.mask_fcn_logits.bias"][1:])
+    np.testing.assert_array_equal(mask.upsample.kernel.numpy(),
+                                  r18_state["roi_heads.mask_predictor.conv5_mask.weight"].transpose(2, 3, 1, 0))
+
+
+def test_faster_rcnn_takes_the_same_checkpoint_without_the_mask_keys(r18_state):
+    boxes_only = {k: v for k, v in r18_state.items() if ".mask_" not in k}
+    model = r18_detector("fasterrcnn_resnet50_fpn")
+    assert load_detector(model, boxes_only) == len(model.weights)
+    with pytest.raises(ConversionError, match=r"unexpected: roi_heads\.mask_head\.0\.0\.weight"):
+        load_detector(r18_detector("fasterrcnn_resnet50_fpn"), r18_state)
+
+
+def test_a_detection_checkpoint_that_does_not_fit_lists_every_problem(r18_state):
+    state = dict(r18_state)
+    del state["rpn.head.bbox_pred.bias"]
+    state["roi_heads.box_head.fc8.weight"] = np.zeros((4, 4), np.float32)
+    state["roi_heads.box_predictor.cls_score.weight"] = np.zeros((21, 1024), np.float32)  # a 20-class VOC model
+    model = r18_detector()
+    before = [w.numpy() for w in model.weights]
+    with pytest.raises(ConversionError) as error:
+        load_detector(model, state, source="voc.pth")
+    message = str(error.value)
+    assert message.startswith("voc.pth does not fit the model: ")
+    assert "1 missing: rpn.head.bbox_pred.bias" in message
+    assert "1 unexpected: roi_heads.box_head.fc8.weight" in message
+    assert "roi_heads.box_predictor.cls_score.weight (21, 1024) does not fit" in message
+    for a, b in zip(before, model.weights):  # nothing was written
+        np.testing.assert_array_equal(a, b.numpy())

@@ -1,7 +1,5 @@
 """scripts/convert_checkpoint.py as a user runs it, in a process where torch cannot be imported."""
 import os
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -9,29 +7,16 @@ import torch
 import torchvision
 
 import tfrcnn
+from no_torch import run_without_torch
 from tfrcnn.training.trainer import initialize_from
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 SCRIPT = os.path.join(REPO, "scripts", "convert_checkpoint.py")
 TINY = os.path.join(REPO, "tests", "modeling", "configs", "mask_rcnn_r18_tiny.yaml")
-# Runs the script with `import torch` (and torchvision) failing, as on a machine without them.
-WITHOUT_TORCH = """
-import runpy, sys
-class NoTorch:
-    def find_spec(self, name, path=None, target=None):
-        if name.split(".")[0] in ("torch", "torchvision"):
-            raise ImportError(f"{name} is blocked in this test")
-sys.meta_path.insert(0, NoTorch())
-sys.path.insert(0, sys.argv[1])
-sys.argv = sys.argv[2:]
-runpy.run_path(sys.argv[0], run_name="__main__")
-"""
 
 
 def convert(*args):
-    return subprocess.run([sys.executable, "-c", WITHOUT_TORCH, os.path.dirname(SCRIPT), SCRIPT, *map(str, args)],
-                          env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3"), capture_output=True, text=True,
-                          timeout=300)
+    return run_without_torch(SCRIPT, *args, timeout=300)
 
 
 @pytest.fixture(scope="module")
