@@ -20,7 +20,7 @@ skipped): missing, unexpected or misshapen keys are listed in one error, and not
 """
 import os
 
-from absl import flags
+from absl import flags, logging
 
 import _cli
 
@@ -80,6 +80,7 @@ def convert_resnet(state_dict):
 
 def main(_):
     _cli.check_file(FLAGS.checkpoint, "checkpoint")  # before TensorFlow loads
+    logging.set_verbosity(logging.WARNING)  # the checkpoint saver logs its sharding at INFO
     from tfrcnn.convert import load_pth
 
     state_dict = load_pth(FLAGS.checkpoint)

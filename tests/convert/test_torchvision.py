@@ -58,7 +58,7 @@ def test_backbone_checkpoint_initializes_a_detector_by_path(tmp_path):
     load_resnet(source.backbone, state)
     prefix = save_backbone_checkpoint(source, str(tmp_path / "backbone" / "ckpt"))
     target = detector(18)
-    copied, total = initialize_from(target, prefix)
+    copied, total, _ = initialize_from(target, prefix)
     assert copied == len(target.backbone.variables) < total
     for a, b in zip(source.backbone.variables, target.backbone.variables):
         np.testing.assert_array_equal(a.numpy(), b.numpy())
@@ -183,3 +183,23 @@ def test_a_detection_checkpoint_that_does_not_fit_lists_every_problem(r18_state)
     assert "roi_heads.box_predictor.cls_score.weight (21, 1024) does not fit" in message
     for a, b in zip(before, model.weights):  # nothing was written
         np.testing.assert_array_equal(a, b.numpy())
+
+
+def test_a_converted_coco_detector_initializes_another_class_count(r18_state, tmp_path):
+    """--init_checkpoint from a converted COCO model into a 3-class model: all but the class-sized layers copied."""
+    from tfrcnn.training.checkpoints import run_checkpoint
+
+    coco = r18_detector()
+    load_detector(coco, r18_state)
+    prefix = run_checkpoint(coco).write(str(tmp_path / "ckpt-0"))
+    config = tfrcnn.load_config(os.path.join(PRESETS, "maskrcnn_resnet50_fpn_coco.yaml"),
+                                "model.backbone.depth=18,model.neck.in_channels=[64,128,256,512],"
+                                "model.roi_head.bbox_head.num_classes=3,model.roi_head.mask_head.num_classes=3,"
+                                "data.category_ids=[1,2,3],data.classes=null")
+    model = tfrcnn.build_model(config, build_size=(64, 64))
+    copied, total, skipped = initialize_from(model, prefix)
+    assert copied == total - 6 and len(skipped) == 6
+    assert any(line.startswith("maskrcnn/roi_head/bbox_head/fc_cls/kernel: checkpoint [1024, 91], model [1024, 4]")
+               for line in skipped), skipped
+    np.testing.assert_array_equal(model.roi_head.bbox_head.shared_fcs[1].kernel.numpy(),
+                                  r18_state["roi_heads.box_head.fc7.weight"].T)

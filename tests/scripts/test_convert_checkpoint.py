@@ -34,7 +34,7 @@ def test_converts_without_torch_and_initializes_a_detector(resnet18_state, tmp_p
     assert f"to {prefix}" in out.stdout and f"--init_checkpoint {prefix}" in out.stdout
 
     model = tfrcnn.build_model(tfrcnn.load_config(TINY), build_size=(64, 64))
-    copied, _ = initialize_from(model, prefix)
+    copied, _, _ = initialize_from(model, prefix)
     assert copied == len(model.backbone.variables)
     conv1 = next(layer for layer in model.backbone._flatten_layers() if layer.name == "conv1")
     np.testing.assert_array_equal(conv1.kernel.numpy(), resnet18_state["conv1.weight"].numpy().transpose(2, 3, 1, 0))

@@ -77,23 +77,28 @@ def write_metrics(metrics, model_dir, step=None):
 def initialize_from(model, path):
     """Copies the variables a checkpoint holds (matched by path, e.g. only `backbone/...`) into `model`.
 
-    Returns (copied, total). Raises ValueError when nothing matches or a matched shape differs.
+    A variable whose shape differs is left as initialized and reported, as Detectron2 and MMDetection do when
+    fine-tuning a COCO model on another number of classes (the class-sized predictor layers).
+    Returns (copied, total, skipped): skipped lists "<path>: checkpoint <shape>, model <shape>".
+    Raises ValueError when nothing is copied.
     """
     reader = tf.train.load_checkpoint(path)
     shapes = reader.get_variable_to_shape_map()
-    copied = 0
+    copied, skipped = 0, []
     for v in model.variables:
         # tf.train.Checkpoint escapes a name's '.' as '..' and '/' as '.S' in its keys.
         name = v.path.split("/", 1)[-1].replace(".", "..").replace("/", ".S")
         key = f"model/{name}/.ATTRIBUTES/VARIABLE_VALUE"
         if key in shapes:
             if list(shapes[key]) != list(v.shape):
-                raise ValueError(f"{path}: {key} has shape {shapes[key]}, the model's {v.path} {list(v.shape)}")
+                skipped.append(f"{v.path}: checkpoint {list(shapes[key])}, model {list(v.shape)}")
+                continue
             v.assign(reader.get_tensor(key))
             copied += 1
     if not copied:
-        raise ValueError(f"{path}: no variable of the model is in this checkpoint (is it a tfrcnn checkpoint?)")
-    return copied, len(model.variables)
+        detail = f" ({len(skipped)} differ in shape: {'; '.join(skipped)})" if skipped else ""
+        raise ValueError(f"{path}: no variable of the model is in this checkpoint (is it a tfrcnn checkpoint?){detail}")
+    return copied, len(model.variables), skipped
 
 
 class _Schedule:
@@ -156,8 +161,10 @@ def train(config, model_dir, mode="train", init_checkpoint=None, progress=True):
             manager.checkpoint.restore(latest).assert_existing_objects_matched()
             _say(progress, f"resumed from {latest} at step {_step(model)}")
         elif init_checkpoint:
-            copied, total = initialize_from(model, init_checkpoint)
+            copied, total, skipped = initialize_from(model, init_checkpoint)
             _say(progress, f"initialized {copied} of {total} variables from {init_checkpoint}")
+            for line in skipped:  # always shown: a silently fresh layer would surprise
+                print(f"tfrcnn: kept the initial value of {line} (shapes differ)", file=sys.stderr)
         if multi_worker:
             check_in_sync(model, strategy)
             cluster = strategy.cluster_resolver.cluster_spec().as_dict()
