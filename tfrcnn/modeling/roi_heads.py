@@ -364,6 +364,15 @@ class StandardRoIHead(keras.layers.Layer):
         self._ensure_built()
         proposals = tf.cast(proposals, tf.float32)
         cls_logits, deltas = self.bbox_head(self.extract(features, proposals, self.cfg.bbox_roi_extractor))
+        detections = self.detections(cls_logits, deltas, proposals, proposals_valid, image_size)
+        if self.with_mask:
+            detections["detection_masks"] = self.predict_masks(
+                features, detections["detection_boxes"], detections["detection_classes"])
+        return detections
+
+    def detections(self, cls_logits, deltas, proposals, proposals_valid, image_size):
+        """The box head's outputs → final detections: softmax, per-class decode, clip, min-size filter, score
+        threshold, per-class NMS, top max_per_img (the dict of `predict` without masks)."""
         scores = tf.nn.softmax(cls_logits, axis=-1)[..., 1:]  # [B, N, C]: background dropped
         coder = self.cfg.bbox_head.bbox_coder
         boxes = decode_boxes(deltas, proposals[:, :, None, :], coder.target_means, coder.target_stds,
@@ -377,11 +386,7 @@ class StandardRoIHead(keras.layers.Layer):
             valid = valid & tf.broadcast_to(large, tf.shape(valid))
         scores = tf.where(valid, scores, 0.0)
         t = self.test_cfg
-        detections = multiclass_nms(boxes, scores, t.score_thr, t.nms.iou_threshold, t.max_per_img, valid)
-        if self.with_mask:
-            detections["detection_masks"] = self.predict_masks(
-                features, detections["detection_boxes"], detections["detection_classes"])
-        return detections
+        return multiclass_nms(boxes, scores, t.score_thr, t.nms.iou_threshold, t.max_per_img, valid)
 
     def predict_masks(self, features, boxes, classes):
         """Mask probabilities of boxes [B, K, 4] (padded-input pixels) for classes int32 [B, K] (1..C, 0 = none)
