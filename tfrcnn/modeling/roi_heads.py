@@ -39,7 +39,7 @@ from tfrcnn.ops.assign import max_iou_assign
 from tfrcnn.ops.boxes import clip_boxes, decode_boxes, encode_boxes
 from tfrcnn.ops.masks import mask_targets
 from tfrcnn.ops.nms import multiclass_nms
-from tfrcnn.ops.roi_align import multilevel_roi_align, multilevel_roi_pool
+from tfrcnn.ops.roi_align import multilevel_roi_align, multilevel_roi_pool, stack_pyramid
 from tfrcnn.ops.sample import add_gt_as_proposals, assign_gt_proposals_to_themselves, random_sample
 
 
@@ -223,7 +223,16 @@ class StandardRoIHead(keras.layers.Layer):
 
     # ------------------------------------------------------------------------------------------------ features
 
-    def extract(self, features, rois, extractor_cfg: RoIExtractorCfg):
+    def shared_pyramid(self, features):
+        """The RoIAlign canvas of the maps both extractors read (`stack_pyramid`), or None when they differ (a
+        Faster R-CNN, RoIPool, other strides): built once per forward pass instead of once per extractor."""
+        box, mask = self.cfg.bbox_roi_extractor, self.cfg.mask_roi_extractor
+        if not self.with_mask or "RoIPool" in (box.roi_layer.type, mask.roi_layer.type) or \
+                tuple(box.featmap_strides) != tuple(mask.featmap_strides):
+            return None
+        return stack_pyramid([tf.cast(f, tf.float32) for f in features[:len(box.featmap_strides)]])
+
+    def extract(self, features, rois, extractor_cfg: RoIExtractorCfg, pyramid=None):
         """SingleRoIExtractor: each RoI pooled from the FPN level its size maps to.
 
         Args:
@@ -231,6 +240,7 @@ class StandardRoIHead(keras.layers.Layer):
             len(extractor_cfg.featmap_strides) are used.
           rois: [B, N, 4] in padded-input pixels.
           extractor_cfg: `RoIExtractorCfg` (bbox_roi_extractor or mask_roi_extractor).
+          pyramid: `shared_pyramid(features)`, or None.
         Returns:
           [B, N, S, S, C] in the layer's compute dtype; no gradient flows to `rois`.
         """
@@ -243,7 +253,7 @@ class StandardRoIHead(keras.layers.Layer):
         layer = extractor_cfg.roi_layer
         if layer.type == "RoIAlign":
             pooled = multilevel_roi_align(levels, rois, layer.output_size, layer.sampling_ratio, layer.aligned,
-                                          strides, extractor_cfg.finest_scale)
+                                          strides, extractor_cfg.finest_scale, pyramid=pyramid)
         else:
             pooled = multilevel_roi_pool(levels, rois, layer.output_size, strides, extractor_cfg.finest_scale)
         return tf.cast(pooled, self.compute_dtype)
@@ -308,7 +318,8 @@ class StandardRoIHead(keras.layers.Layer):
         labels = tf.where(positive, tf.gather(gt_classes, matched, batch_dims=1), 0)
         num_valid = tf.reduce_sum(tf.cast(valid, tf.float32))
 
-        cls_logits, deltas = self.bbox_head(self.extract(features, rois, self.cfg.bbox_roi_extractor))
+        pyramid = self.shared_pyramid(features)
+        cls_logits, deltas = self.bbox_head(self.extract(features, rois, self.cfg.bbox_roi_extractor, pyramid))
         head = self.cfg.bbox_head
         ce = tf.nn.sparse_softmax_cross_entropy_with_logits(labels=labels, logits=cls_logits)
         weight = tf.cast(valid, tf.float32)
@@ -328,16 +339,17 @@ class StandardRoIHead(keras.layers.Layer):
         if self.with_mask:
             if gt_masks is None:
                 raise ValueError("StandardRoIHead.losses: a mask head needs gt_masks")
-            losses["mask"] = self._mask_loss(features, rois, positive, labels, matched, gt_masks, gt_boxes)
+            losses["mask"] = self._mask_loss(features, rois, positive, labels, matched, gt_masks, gt_boxes,
+                                             pyramid)
         return losses
 
-    def _mask_loss(self, features, rois, positive, labels, matched, gt_masks, gt_boxes):
+    def _mask_loss(self, features, rois, positive, labels, matched, gt_masks, gt_boxes, pyramid=None):
         """Per-pixel BCE of the label's mask channel over the positive RoIs → (sum, count)."""
         s = self.train_cfg.sampler
         # random_sample puts positives first and takes at most int(num * pos_fraction): these slots hold them all.
         p = min(int(s.num * s.pos_fraction), rois.shape[1])
         rois, positive, labels, matched = rois[:, :p], positive[:, :p], labels[:, :p], matched[:, :p]
-        logits = self.mask_head(self.extract(features, rois, self.cfg.mask_roi_extractor))  # [B, P, 28, 28, C]
+        logits = self.mask_head(self.extract(features, rois, self.cfg.mask_roi_extractor, pyramid))  # [B, P, 28, 28, C]
         logits = _class_slice(logits, labels, axis=4)  # [B, P, 28, 28]
         size = self.train_cfg.mask_size
         targets = mask_targets(gt_masks, gt_boxes, rois, matched, size, binarize=True)
@@ -363,11 +375,12 @@ class StandardRoIHead(keras.layers.Layer):
         """
         self._ensure_built()
         proposals = tf.cast(proposals, tf.float32)
-        cls_logits, deltas = self.bbox_head(self.extract(features, proposals, self.cfg.bbox_roi_extractor))
+        pyramid = self.shared_pyramid(features)
+        cls_logits, deltas = self.bbox_head(self.extract(features, proposals, self.cfg.bbox_roi_extractor, pyramid))
         detections = self.detections(cls_logits, deltas, proposals, proposals_valid, image_size)
         if self.with_mask:
             detections["detection_masks"] = self.predict_masks(
-                features, detections["detection_boxes"], detections["detection_classes"])
+                features, detections["detection_boxes"], detections["detection_classes"], pyramid)
         return detections
 
     def detections(self, cls_logits, deltas, proposals, proposals_valid, image_size):
@@ -388,10 +401,10 @@ class StandardRoIHead(keras.layers.Layer):
         t = self.test_cfg
         return multiclass_nms(boxes, scores, t.score_thr, t.nms.iou_threshold, t.max_per_img, valid)
 
-    def predict_masks(self, features, boxes, classes):
+    def predict_masks(self, features, boxes, classes, pyramid=None):
         """Mask probabilities of boxes [B, K, 4] (padded-input pixels) for classes int32 [B, K] (1..C, 0 = none)
         → float32 [B, K, 28, 28] in the boxes' frames; 0 where the class is 0."""
-        logits = self.mask_head(self.extract(features, boxes, self.cfg.mask_roi_extractor))
+        logits = self.mask_head(self.extract(features, boxes, self.cfg.mask_roi_extractor, pyramid))
         logits = _class_slice(logits, classes, axis=4)
         return tf.where((classes > 0)[:, :, None, None], tf.sigmoid(logits), 0.0)
 
