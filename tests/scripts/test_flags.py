@@ -14,7 +14,7 @@ import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 SCRIPTS = ["train", "evaluate", "export_saved_model", "predict", "create_coco_tfrecord", "benchmark_input",
-           "demo_ops", "convert_checkpoint"]
+           "demo_ops", "convert_checkpoint", "benchmark"]
 ENV = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
 
 # A value absl rejects: an enum where the script has one, else a number out of range or not a number.
@@ -27,6 +27,7 @@ BAD_VALUES = {
     "benchmark_input": (["--split", "dev"], "--split=dev"),
     "demo_ops": (["--image_size", "100"], "multiple of 64"),
     "convert_checkpoint": (["--arch", "resnet7"], "--arch=resnet7"),
+    "benchmark": (["--precision", "fp8"], "--precision=fp8"),
 }
 # What each script needs, with one file that is not there; {tmp} is an empty folder. The message names the file.
 MISSING_FILES = {
@@ -41,6 +42,7 @@ MISSING_FILES = {
     "demo_ops": (["--config_file", "{tmp}/nope.yaml", "--output_dir", "{tmp}/out"], "{tmp}/nope.yaml"),
     "convert_checkpoint": (["--checkpoint", "{tmp}/nope.pth", "--arch", "resnet50", "--output_dir", "{tmp}/out"],
                            "{tmp}/nope.pth"),
+    "benchmark": (["--config_file", "{tmp}/nope.yaml"], "{tmp}/nope.yaml"),
 }
 # Flags marked as required: leaving all of them out names each.
 REQUIRED = {
