@@ -121,8 +121,7 @@ def saved_model_detector(saved_model_dir):
         if "detection_masks" in out and "detection_masks_image" not in out:
             from tfrcnn.ops.masks import paste_masks
             out["detection_masks_image"] = paste_masks(out["detection_masks"], out["detection_boxes"],
-                                                       image.shape[:2], mode=paste_mode, threshold=mask_threshold,
-                                                       strict=paste_mode == "torchvision").numpy()
+                                                       image.shape[:2], mode=paste_mode, threshold=mask_threshold).numpy()
         return {k: np.asarray(v) for k, v in out.items()}
 
     return detect, names

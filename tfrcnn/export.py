@@ -82,11 +82,11 @@ class DetectionModule(tf.Module):
         images = _checked(images, [None, None, None, 3],
                           "image_tensor: inputs must be uint8 [batch, height, width, 3]")
 
-        def one(image):
-            resized, image_size, scale = pipeline.preprocess_for_inference(image, self._data_cfg, pad=False)
-            return tf.RaggedTensor.from_tensor(resized), image_size, scale
+        def one(image):  # every image of the batch has one size, so the resized ones stack densely
+            return pipeline.preprocess_for_inference(image, self._data_cfg, pad=False)
 
-        resized, image_size, scale = tf.map_fn(one, images, fn_output_signature=(_RAGGED_IMAGE, tf.int32, tf.float32))
+        resized, image_size, scale = tf.map_fn(
+            one, images, fn_output_signature=(tf.TensorSpec([None, None, 3], tf.float32), tf.int32, tf.float32))
         shape = tf.shape(images)
         original_size = tf.tile(shape[None, 1:3], [shape[0], 1])
         return self._detect(pipeline.pad_batch(resized, self._data_cfg), image_size, scale, original_size)
@@ -143,8 +143,7 @@ class DetectionModule(tf.Module):
     def _paste_into_images(self, masks, boxes, original_size):
         """uint8 [B, K, H, W] at the batch's largest (H, W); each image's masks are zero beyond its own size."""
         height, width = tf.reduce_max(original_size[:, 0]), tf.reduce_max(original_size[:, 1])
-        pasted = _paste_masks(masks, boxes, (height, width), mode=self._paste_mode, threshold=self._mask_threshold,
-                              strict=self._paste_mode == "torchvision")
+        pasted = _paste_masks(masks, boxes, (height, width), mode=self._paste_mode, threshold=self._mask_threshold)
         inside = tf.logical_and(tf.range(height)[None, :, None] < original_size[:, 0, None, None],
                                 tf.range(width)[None, None, :] < original_size[:, 1, None, None])  # [B, H, W]
         return pasted * tf.cast(inside, tf.uint8)[:, None]

@@ -244,10 +244,13 @@ def round_up(size, divisor):
     return (size + divisor - 1) // divisor * divisor
 
 
-def normalize_and_pad(image, data_cfg):
-    """float32 [h, w, 3] RGB in 0..255 → normalized, zero-padded at the bottom and right to data.padded_size():
-    float32 [H, W, 3]."""
-    return pad_to(normalize(image, data_cfg), *data_cfg.padded_size())
+def pad_image(image, image_size, data_cfg, static):
+    """A resized, normalized [h, w, 3] image zero-padded at the bottom and right: to data.padded_size() when
+    `static`, else to image_size (int32 [2], its (h, w)) rounded up to data.size_divisor."""
+    if static:
+        return pad_to(image, *data_cfg.padded_size())
+    padded = round_up(image_size, data_cfg.size_divisor)
+    return pad_to(image, padded[0], padded[1])
 
 
 def resize_and_normalize(image, new_size, data_cfg):
@@ -275,13 +278,7 @@ def preprocess_for_inference(image, data_cfg, pad=True):
     new_size = resized_size(size[0], size[1], float(long_side), float(short_side), data_cfg, fit_pad=static)
     scale = tf.cast(new_size, tf.float32) / tf.cast(size, tf.float32)
     resized = resize_and_normalize(image, new_size, data_cfg)
-    if pad:
-        if static:
-            resized = pad_to(resized, *data_cfg.padded_size())
-        else:
-            padded = round_up(new_size, data_cfg.size_divisor)
-            resized = pad_to(resized, padded[0], padded[1])
-    return resized, new_size, scale
+    return (pad_image(resized, new_size, data_cfg, static) if pad else resized), new_size, scale
 
 
 def pad_batch(images, data_cfg):
@@ -330,11 +327,8 @@ class _Transform:
             if masks is not None:
                 masks = tf.cond(flip, lambda: masks[:, :, ::-1], lambda: masks)
 
-        if self.training or self.cfg.test_padding == "pad_size":
-            image = pad_to(image, *self.cfg.padded_size())
-        else:  # padded to a multiple of size_divisor here; each batch to its largest image (padded_batch)
-            padded = round_up(new_size, self.cfg.size_divisor)
-            image = pad_to(image, padded[0], padded[1])
+        # test_padding 'size_divisor': padded to a multiple of it here, each batch to its largest image (padded_batch)
+        image = pad_image(image, new_size, self.cfg, static=self.training or self.cfg.test_padding == "pad_size")
 
         keep = tf.where(valid & ~crowd)[:, 0]
         ignore = tf.where(valid & crowd)[:, 0]

@@ -347,8 +347,7 @@ def _repair_polygons(dataset):
 @tf.function(reduce_retracing=True)
 def _paste_windows(masks, boxes, window_size, mode, threshold):
     """paste_masks in a graph: eager op-by-op dispatch would cost more than the arithmetic of small windows."""
-    return paste_masks(masks, boxes, (window_size[0], window_size[1]), mode=mode, threshold=threshold,
-                       strict=mode == "torchvision")
+    return paste_masks(masks, boxes, (window_size[0], window_size[1]), mode=mode, threshold=threshold)
 
 
 def _encode(binary):

@@ -13,18 +13,12 @@ import tensorflow as tf
 
 from tfrcnn import structures
 from tfrcnn.config import Config
-from tfrcnn.modeling.fpn import FPN
+from tfrcnn.modeling.fpn import FPN, spatial_size
 from tfrcnn.modeling.resnet import ResNet
 from tfrcnn.modeling.roi_heads import StandardRoIHead
 from tfrcnn.modeling.rpn import RPNHead
 
 RPN_SEED_SALT, RCNN_SEED_SALT = 0, 1 << 20  # keep the two samplers' noise apart
-
-
-def _spatial_size(images):
-    """(h, w) of an NHWC batch: ints where static, int32 scalars where not (inference on any size)."""
-    dynamic = tf.shape(images)
-    return tuple(images.shape[a] if images.shape[a] is not None else dynamic[a] for a in (1, 2))
 
 
 class TwoStageDetector(keras.Model):
@@ -93,7 +87,7 @@ class TwoStageDetector(keras.Model):
     def call(self, inputs, training=False):
         images, image_size = self._unpack(inputs)
         features, logits, deltas = self._dense_forward(images, training=False)
-        anchors = self.rpn_head.anchors(_spatial_size(images), features)
+        anchors = self.rpn_head.anchors(spatial_size(images), features)
         proposals, _, valid = self.rpn_head.get_proposals(logits, deltas, anchors, image_size,
                                                           self.config.test_cfg.rpn)
         return self.roi_head.predict(features, proposals, valid, image_size)

@@ -60,7 +60,7 @@ def _nearest_along(x, axis, n_out):
     return tf.gather(x, tf.minimum(index, n_in - 1), axis=axis)
 
 
-def _spatial_size(x):
+def spatial_size(x):
     """(h, w) of an NHWC tensor: Python ints where static, int32 scalars otherwise."""
     dynamic = tf.shape(x)
     return tuple(x.shape[a] if x.shape[a] is not None else dynamic[a] for a in (1, 2))
@@ -116,7 +116,7 @@ class FPN(keras.layers.Layer):
         levels = len(inputs)
         merged = [conv(x) for conv, x in zip(self.lateral_convs, inputs)]
         for i in range(levels - 1, 0, -1):
-            merged[i - 1] = merged[i - 1] + upsample_nearest(merged[i], _spatial_size(merged[i - 1]))
+            merged[i - 1] = merged[i - 1] + upsample_nearest(merged[i], spatial_size(merged[i - 1]))
         outs = [conv(x) for conv, x in zip(self.fpn_convs, merged)]
         if not cfg.add_extra_convs:
             while len(outs) < cfg.num_outs:

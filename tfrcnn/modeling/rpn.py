@@ -23,6 +23,7 @@ import keras
 import tensorflow as tf
 
 from tfrcnn.config import RPNHeadCfg, RPNTrainCfg
+from tfrcnn.modeling.fpn import spatial_size
 from tfrcnn.modeling.losses import bbox_loss
 from tfrcnn.ops.anchors import anchor_generator_from_config
 from tfrcnn.ops.assign import max_iou_assign
@@ -128,11 +129,7 @@ class RPNHead(keras.layers.Layer):
         Returns:
           list of float32 [H_l * W_l * A, 4] in padded-input pixels, in the order of `call`'s outputs.
         """
-        sizes = []
-        for f in features:
-            dynamic = tf.shape(f)
-            sizes.append(tuple(f.shape[a] if f.shape[a] is not None else dynamic[a] for a in (1, 2)))
-        return self.anchor_generator(tuple(image_shape), sizes)
+        return self.anchor_generator(tuple(image_shape), [spatial_size(f) for f in features])
 
     def losses(self, logits, deltas, anchors, gt_boxes, gt_classes, ignore_boxes, image_size, seed):
         """RPN training losses (seed §2.4–2.7) as (sum, count) pairs.

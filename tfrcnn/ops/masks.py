@@ -129,7 +129,7 @@ def _torchvision_weights(b1, b2, mask_len, image_len):
 _PASTE_WEIGHTS = {"mmdet": _mmdet_weights, "torchvision": _torchvision_weights}
 
 
-def paste_masks(masks, boxes, image_size, mode="mmdet", threshold=None, strict=False):
+def paste_masks(masks, boxes, image_size, mode="mmdet", threshold=None, strict=None):
     """Pastes each detection's mask, predicted in its box's frame, into a full image.
 
     Args:
@@ -143,7 +143,7 @@ def paste_masks(masks, boxes, image_size, mode="mmdet", threshold=None, strict=F
         would fail on some).
       threshold: None for soft masks, else a binarization threshold.
       strict: with a threshold, compare `>` (torchvision's COCO evaluation uses `> 0.5`) instead of `>=`
-        (MMDetection's `masks >= mask_thr_binary`).
+        (MMDetection's `masks >= mask_thr_binary`); None: each mode's own rule (strict for "torchvision").
     Returns:
       [B, K, H, W]: float32 soft masks, or uint8 0/1 when `threshold` is given.
     """
@@ -158,5 +158,7 @@ def paste_masks(masks, boxes, image_size, mode="mmdet", threshold=None, strict=F
     pasted = _resample(masks, rows, cols)
     if threshold is None:
         return pasted
+    if strict is None:
+        strict = mode == "torchvision"
     keep = pasted > threshold if strict else pasted >= threshold
     return tf.cast(keep, tf.uint8)
