@@ -51,11 +51,12 @@ class PaddedConv2D(keras.layers.Conv2D):
                          **kwargs)
         self.pad = int(pad)
 
-    def call(self, inputs):
-        if self.pad:
-            p = self.pad
-            inputs = tf.pad(inputs, [[0, 0], [p, p], [p, p], [0, 0]])
-        return super().call(inputs)
+    def convolution_op(self, inputs, kernel):
+        # The padding goes into the convolution (TensorFlow's explicit padding) instead of a tf.pad copy of the
+        # input: one pass less over the largest maps, forward and backward.
+        p = self.pad
+        padding = [[0, 0], [p, p], [p, p], [0, 0]] if p else "VALID"
+        return tf.nn.conv2d(inputs, kernel, self.strides, padding, dilations=self.dilation_rate)
 
     def compute_output_shape(self, input_shape):
         grow = lambda n: None if n is None else n + 2 * self.pad  # noqa: E731
@@ -83,6 +84,36 @@ def _norm(norm_cfg, name, dtype):
 
 def _channels(c):
     return (None, None, None, c)
+
+
+def conv_norm(conv, norm, x, training=None, relu=False):
+    """`norm(conv(x))` (then ReLU), with a BN that runs on its moving statistics folded into the convolution.
+
+    Such a BN is an affine map per channel, y = s·conv(x) + (beta - mean·s) with s = gamma / sqrt(var + eps), so
+    the conv runs with kernel·s and a bias, which TensorFlow fuses with the ReLU into one kernel: no separate
+    passes over the activation for the norm (and its gradient), the same function of x, kernel, gamma and beta up
+    to float rounding. Batch statistics (training a trainable BN) and GroupNorm take the plain path.
+
+    Args:
+      conv: a built PaddedConv2D without bias; norm: its BatchNormalization or GroupNormalization.
+      x: [B, H, W, C_in] in the conv's compute dtype.
+    Returns: [B, H', W', C_out] as `norm(conv(x))` (ReLU applied when `relu`).
+    """
+    batch_stats = bool(training) and norm.trainable
+    if not isinstance(norm, keras.layers.BatchNormalization) or batch_stats or conv.use_bias:
+        y = norm(conv(x), training=training)
+        return tf.nn.relu(y) if relu else y
+    f32 = lambda v: tf.cast(v, tf.float32)  # noqa: E731  (the fold is computed in float32)
+    scale = tf.math.rsqrt(f32(norm.moving_variance) + norm.epsilon)
+    if norm.scale:
+        scale = scale * f32(norm.gamma)
+    bias = -f32(norm.moving_mean) * scale
+    if norm.center:
+        bias = bias + f32(norm.beta)
+    dtype = conv.compute_dtype
+    kernel = tf.cast(f32(conv.kernel) * scale, dtype)
+    y = tf.nn.bias_add(conv.convolution_op(x, kernel), tf.cast(bias, dtype))
+    return tf.nn.relu(y) if relu else y
 
 
 class _ResidualBlock(keras.layers.Layer):
@@ -129,12 +160,10 @@ class _ResidualBlock(keras.layers.Layer):
     def call(self, x, training=None):
         shortcut = x
         if self.downsample:
-            shortcut = self.downsample[1](self.downsample[0](x), training=training)
+            shortcut = conv_norm(*self.downsample, x, training)
         last = len(self.convs) - 1
         for k, (conv, norm) in enumerate(zip(self.convs, self.norms)):
-            x = norm(conv(x), training=training)
-            if k < last:
-                x = tf.nn.relu(x)
+            x = conv_norm(conv, norm, x, training, relu=k < last)
         return tf.nn.relu(x + shortcut)
 
     def compute_output_shape(self, input_shape):
@@ -254,7 +283,7 @@ class ResNet(keras.layers.Layer):
         # norm_eval: BN normalizes with (and keeps) its moving statistics even while the model trains; the
         # blocks hold nothing else that depends on `training`.
         training = False if self.cfg.norm_eval else training
-        x = tf.nn.relu(self.bn1(self.conv1(images), training=training))
+        x = conv_norm(self.conv1, self.bn1, images, training, relu=True)
         # PyTorch pads the max-pool with -inf; zeros are exact here because x >= 0 after the ReLU and every
         # 3×3 window holds at least one real pixel.
         x = tf.nn.max_pool2d(tf.pad(x, [[0, 0], [1, 1], [1, 1], [0, 0]]), 3, 2, "VALID")
