@@ -288,6 +288,12 @@ class RCNNTrainCfg(_Section):
     sampler: SamplerCfg = _sub(SamplerCfg, num=512, pos_fraction=0.25, add_gt_as_proposals=True)
     mask_size: int = 28
     pos_weight: float = -1.0
+    # The RoIs the mask head trains on. 'positives': the sampled positives only, as MMDetection and torchvision do;
+    # their number varies from step to step (the one dynamic dimension of the train step; in a batch, up to the
+    # largest count of its images). 'static': every positive slot, int(num * pos_fraction), the empty ones masked
+    # out: static shapes throughout the train step, for compiling all of it with XLA, at up to 128/k times the
+    # mask head's work when k positives are found. The losses and gradients are the same.
+    mask_rois: Literal["positives", "static"] = "positives"
 
 
 @dataclass

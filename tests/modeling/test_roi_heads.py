@@ -290,6 +290,43 @@ def test_gradients_reach_every_head_weight_and_not_the_proposals():
     assert all(tape.gradient(total, f) is not None for f in feats[:4])  # the backbone trains through RoIAlign
 
 
+
+@pytest.mark.parametrize("gt_scale", [1.0, 0.0], ids=["two_positives", "no_positive"])
+def test_mask_rois_positives_and_static_give_the_same_losses_and_gradients(gt_scale, monkeypatch):
+    # Image 0 has 2 positives (G, A), image 1 none: 'positives' runs the mask head on 2 slots per image (the
+    # batch's largest count; 0 without gt), 'static' on all int(512 * 0.25) = 128.
+    keras.utils.set_random_seed(0)
+    head = StandardRoIHead(small_cfg())
+    head.build()
+    feats = features(batch=2)
+    gt = tf.constant(GT + [[[0.0] * 4] * 2]) * gt_scale
+    classes = tf.constant(GT_CLASSES + [[0, 0]]) * int(gt_scale)
+    seen = []
+    call = FCNMaskHead.call
+    monkeypatch.setattr(FCNMaskHead, "call", lambda self, x: seen.append(int(tf.shape(x)[1])) or call(self, x))
+
+    def run(mode):
+        head.train_cfg.mask_rois = mode
+        with tf.GradientTape() as tape:
+            losses = head.losses(feats, tf.constant(PROPOSALS * 2), tf.constant(PROPOSALS_VALID * 2), gt, classes,
+                                 tf.constant(np.ones([2, 2, 16, 16], np.float32)), None, tf.constant([3, 4]))
+            total = sum(s / tf.maximum(n, 1.0) for s, n in losses.values())
+        grads = tape.gradient(total, head.trainable_weights)
+        return {k: [float(x) for x in v] for k, v in losses.items()}, grads
+
+    dynamic, dynamic_grads = run("positives")
+    static, static_grads = run("static")
+    assert seen == [2 if gt_scale else 0, 128]
+    assert dynamic.keys() == static.keys()
+    for k in dynamic:
+        np.testing.assert_allclose(dynamic[k], static[k], rtol=1e-6, err_msg=k)
+    for v, a, b in zip(head.trainable_weights, dynamic_grads, static_grads):
+        assert (a is None) == (b is None), v.path
+        if a is not None:
+            np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7, err_msg=v.path)
+    assert dynamic["mask"][1] == (2 * 784 if gt_scale else 0)
+
+
 # ------------------------------------------------------------------------------------------------ predict
 
 # Logits [0, ln 6, ln 3, 0]: softmax [1, 6, 3, 1] / 11, so every RoI scores 6/11, 3/11, 1/11 for classes 1, 2, 3.

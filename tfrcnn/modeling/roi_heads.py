@@ -348,6 +348,8 @@ class StandardRoIHead(keras.layers.Layer):
         s = self.train_cfg.sampler
         # random_sample puts positives first and takes at most int(num * pos_fraction): these slots hold them all.
         p = min(int(s.num * s.pos_fraction), rois.shape[1])
+        if self.train_cfg.mask_rois == "positives":  # the slots past the batch's largest count are all empty
+            p = tf.reduce_max(tf.reduce_sum(tf.cast(positive[:, :p], tf.int32), axis=1))
         rois, positive, labels, matched = rois[:, :p], positive[:, :p], labels[:, :p], matched[:, :p]
         logits = self.mask_head(self.extract(features, rois, self.cfg.mask_roi_extractor, pyramid))  # [B, P, 28, 28, C]
         logits = _class_slice(logits, labels, axis=4)  # [B, P, 28, 28]
