@@ -258,6 +258,13 @@ def test_overrides_commas_in_quotes_and_braces_and_a_null_section():
     assert cfg.data.train.ann_file == "a,b.json"
     assert (cfg.optimizer_config.grad_clip.max_norm, cfg.optimizer_config.grad_clip.norm_type) == (35.0, 2.0)
     assert cfg.train_cfg.rpn.assigner.neg_iou_thr == (0.0, 0.3)
+    # A quote inside a plain scalar is text (YAML's rule), so the overrides after it still apply.
+    cfg = load_config(MASK, "data.classes=[box,o'ring],data.category_ids=[5,7],data.train.ann_file=\"it's.json\","
+                            "model.roi_head.bbox_head.num_classes=2,model.roi_head.mask_head.num_classes=2")
+    assert cfg.data.classes == ("box", "o'ring") and cfg.data.category_ids == (5, 7)
+    assert cfg.data.train.ann_file == "it's.json"
+    with pytest.raises(ConfigError, match=r"--params_override: \"data\.train\.ann_file='a,b\.json\": the quote ' "):
+        load_config(MASK, "data.img_scale=[64,64],data.train.ann_file='a,b.json")
     # A dotted key inside a null section fills it in; a mapping value merges into the section.
     cfg = load_config(MASK, ["optimizer_config.grad_clip.max_norm=10", "model.backbone={depth: 101}"])
     assert cfg.optimizer_config.grad_clip.max_norm == 10 and cfg.optimizer_config.grad_clip.norm_type == 2

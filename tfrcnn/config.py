@@ -382,9 +382,10 @@ class DataCfg(_Section):
     keep_ratio: bool = True
     flip_ratio: float = 0.5
     size_divisor: int = 32
-    # The static (height, width) every image is padded to (training and evaluation). null: a square whose side
-    # is the largest long side of img_scale rounded up to size_divisor (1344 for 1333), which holds landscape and
-    # portrait images alike. A smaller pad_size also shrinks the images that would not fit.
+    # The static (height, width) every image is padded to in training, and at test time unless test_padding is
+    # 'size_divisor'. null: a square whose side is the largest long side of img_scale rounded up to size_divisor
+    # (1344 for 1333), which holds landscape and portrait images alike. A smaller pad_size also shrinks the
+    # images that would not fit.
     pad_size: Optional[Tuple[int, int]] = None
     img_norm_cfg: ImgNormCfg = _sub(ImgNormCfg)
     # How keep-ratio resizing rounds the new sides: 'half_up' int(side * factor + 0.5) as MMDetection, or 'floor'
@@ -788,13 +789,17 @@ def _load_tree(path, chain, origins):
     return _merge(merged, tree, path, origins)
 
 
-def _split_overrides(text):
-    """Splits `a=1,b=[1, 2],c='x,y'` at the commas outside brackets and quotes."""
-    items, depth, quote, start = [], 0, None, 0
+def _split_overrides(text, source=OVERRIDE_SOURCE):
+    """Splits `a=1,b=[1, 2],c='x,y'` at the commas outside brackets and quoted scalars.
+
+    As in YAML, a quote opens a quoted scalar only where a scalar starts (after `=`, a bracket, a comma, a colon
+    or a space): in `classes=[box,o'ring],b=2` the apostrophe is part of `o'ring` and `b=2` is its own override.
+    """
+    items, depth, quote, start, previous = [], 0, None, 0, "="
     for i, ch in enumerate(text):
         if quote:
             quote = None if ch == quote else quote
-        elif ch in "'\"":
+        elif ch in "'\"" and previous in "=[{(,: ":
             quote = ch
         elif ch in "[{(":
             depth += 1
@@ -803,6 +808,9 @@ def _split_overrides(text):
         elif ch == "," and depth == 0:
             items.append(text[start:i])
             start = i + 1
+        previous = ch
+    if quote:
+        raise ConfigError(f"{source}: {text[start:].strip()!r}: the quote {quote} opened here is never closed")
     items.append(text[start:])
     return [item.strip() for item in items if item.strip()]
 
@@ -834,7 +842,7 @@ def apply_overrides(tree, overrides, source=OVERRIDE_SOURCE, schema=Config, orig
         for item in overrides:
             tree = apply_overrides(tree, item, source, schema, origins)
         return tree
-    for item in _split_overrides(overrides):
+    for item in _split_overrides(overrides, source):
         dotted, eq, text = item.partition("=")
         dotted = dotted.strip()
         if not eq or not dotted:
