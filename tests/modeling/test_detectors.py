@@ -44,6 +44,17 @@ def test_fit_logs_every_loss_by_name_and_predict_returns_detections():
     assert 0 <= out["detection_masks"].min() and out["detection_masks"].max() <= 1
 
 
+def test_compile_auto_does_not_xla_compile_the_whole_step_on_a_gpu(monkeypatch):
+    # Keras resolves jit_compile="auto" to XLA for the whole train step when it sees a GPU; that step holds
+    # CombinedNonMaxSuppression, which XLA cannot compile, so training would fail on every GPU machine.
+    cfg = tiny_config()
+    model = tfrcnn.build_model(cfg)
+    gpu = tf.config.PhysicalDevice(name="/physical_device:GPU:0", device_type="GPU")
+    monkeypatch.setattr(tf.config, "list_physical_devices", lambda *a: [gpu])
+    model.compile(optimizer=build_optimizer(cfg, steps_per_epoch=2))
+    assert model.jit_compile is False
+
+
 @pytest.mark.parametrize("faster", [False, True])
 def test_degenerate_batches_give_finite_losses(faster):
     cfg = tiny_config(faster=faster)

@@ -42,6 +42,10 @@ class TwoStageDetector(keras.Model):
         self.roi_head = StandardRoIHead(m.roi_head, config.train_cfg.rcnn, config.test_cfg.rcnn, name="roi_head")
         self.loss_names = ["rpn_cls", "rpn_bbox", "rcnn_cls", "rcnn_bbox"] + (["mask"] if m.with_mask else [])
         self.trackers = {name: keras.metrics.Mean(name=name) for name in self.loss_names + ["loss"]}
+        # Keras' compile(jit_compile="auto") XLA-compiles the whole train and predict steps when a GPU is present,
+        # which fails: CombinedNonMaxSuppression has no XLA kernel. This keeps "auto" off; runtime.jit_compile
+        # compiles the part that can be.
+        self.supports_jit = False
         self._dense_forward = self._features
         if config.runtime.jit_compile:
             # XLA compiles the dense part (most of the FLOPs); NMS and crop_and_resize, which have no XLA kernels,
