@@ -291,8 +291,9 @@ class RCNNTrainCfg(_Section):
     # The RoIs the mask head trains on. 'positives': the sampled positives only, as MMDetection and torchvision do;
     # their number varies from step to step (the one dynamic dimension of the train step; in a batch, up to the
     # largest count of its images). 'static': every positive slot, int(num * pos_fraction), the empty ones masked
-    # out: static shapes throughout the train step, for compiling all of it with XLA, at up to 128/k times the
-    # mask head's work when k positives are found. The losses and gradients are the same.
+    # out: static shapes throughout the train step (the same work every step, for XLA-compiled mask heads and
+    # static-shape accelerators), at up to 128/k times the mask head's work when k positives are found. The losses
+    # and gradients are the same.
     mask_rois: Literal["positives", "static"] = "positives"
 
 
