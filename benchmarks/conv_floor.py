@@ -39,7 +39,7 @@ def record_convs(model, run):
             def op(inputs, kernel, layer=layer, original=original):
                 calls.append(dict(name=layer.name, trainable=layer.trainable, transpose=False,
                                   input=tuple(inputs.shape), kernel=tuple(kernel.shape), strides=layer.strides,
-                                  padding=getattr(layer, "pad", None) if hasattr(layer, "pad") else layer.padding))
+                                  padding=getattr(layer, "pad", layer.padding)))  # PaddedConv2D: its pad
                 return original(inputs, kernel)
             layer.convolution_op = op
             patched.append((layer, "convolution_op"))
@@ -94,7 +94,8 @@ def median_time(fn, args, repeats):
 
 
 def floor(calls, training, first_trainable, repeats):
-    """(seconds, forward GFLOP) of the recorded convolutions' kernels run alone."""
+    """(seconds, forward GFLOP) of the recorded convolutions' kernels run alone; `first_trainable`: name prefixes
+    of the convs whose input needs no gradient."""
     total, flops = 0.0, 0.0
     cache = {}
     for call in calls:
@@ -158,8 +159,8 @@ def main():
                structures.GT_MASKS: tf.constant(rng.uniform(size=(1, 8, crop, crop)) > 0.5, tf.float32)}
     images = tf.random.stateless_normal([1, s, s, 3], [0, 0])
     training = record_convs(model, lambda: model.train_on_batch(images, targets))
-    first_trainable = f"layer{cfg.model.backbone.frozen_stages + 1}_0_"  # reads the frozen stages' output
-    first_trainable = (f"{first_trainable}conv1", f"{first_trainable}downsample")
+    block = f"layer{cfg.model.backbone.frozen_stages + 1}_0_"  # its conv1 and shortcut read the frozen output
+    first_trainable = (f"{block}conv1", f"{block}downsample")
 
     keras.utils.set_random_seed(0)
     for name, calls, train in (("inference", inference, False), ("training step", training, True)):

@@ -290,7 +290,6 @@ def test_gradients_reach_every_head_weight_and_not_the_proposals():
     assert all(tape.gradient(total, f) is not None for f in feats[:4])  # the backbone trains through RoIAlign
 
 
-
 @pytest.mark.parametrize("gt_scale", [1.0, 0.0], ids=["two_positives", "no_positive"])
 def test_mask_rois_positives_and_static_give_the_same_losses_and_gradients(gt_scale, monkeypatch):
     # Image 0 has 2 positives (G, A), image 1 none: 'positives' runs the mask head on 2 slots per image (the
