@@ -6,7 +6,7 @@ import torch
 import torchvision
 
 from tfrcnn.config import BackboneCfg, NormCfg
-from tfrcnn.modeling.resnet import ResNet, PaddedConv2D
+from tfrcnn.modeling.resnet import ResNet, PaddedConv2D, batch_norm_train
 from torchvision_resnet import randomize_batchnorm, stage_outputs
 
 
@@ -164,6 +164,46 @@ def test_norm_eval_keeps_moving_statistics(norm_eval):
     if norm_eval:  # the BN layers normalized with the moving statistics: same as inference
         for a, b in zip(train_outs, model(images, training=False)):
             np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-6)
+
+
+def test_batch_norm_train_is_keras_training_mode_with_pytorch_running_variance():
+    x = tf.random.stateless_normal([3, 5, 4, 6], seed=[1, 2]) * 3.0 + 2.0
+    ours, keras_bn = (keras.layers.BatchNormalization(momentum=0.9, epsilon=1e-5) for _ in range(2))
+    for bn in (ours, keras_bn):
+        bn.build(x.shape)
+        bn.gamma.assign(np.linspace(0.5, 1.5, 6))
+        bn.beta.assign(np.linspace(-1.0, 1.0, 6))
+        bn.moving_variance.assign(np.full(6, 2.0))
+    with tf.GradientTape(persistent=True) as tape:
+        tape.watch(x)
+        y, expected = batch_norm_train(ours, x), keras_bn(x, training=True)
+        loss, expected_loss = tf.reduce_sum(y * tf.sin(y)), tf.reduce_sum(expected * tf.sin(expected))
+    np.testing.assert_allclose(y, expected, rtol=1e-5, atol=1e-5)
+    for a, b in zip(tape.gradient(loss, [x, ours.gamma, ours.beta]),
+                    tape.gradient(expected_loss, [x, keras_bn.gamma, keras_bn.beta])):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4)
+    n = 3 * 5 * 4
+    mean, var = x.numpy().mean((0, 1, 2)), x.numpy().var((0, 1, 2))
+    np.testing.assert_allclose(ours.moving_mean, 0.1 * mean, rtol=1e-5, atol=1e-6)
+    # PyTorch's running variance takes the unbiased batch variance; Keras' layer the biased one
+    np.testing.assert_allclose(ours.moving_variance, 0.9 * 2.0 + 0.1 * var * n / (n - 1), rtol=1e-5)
+    np.testing.assert_allclose(keras_bn.moving_variance, 0.9 * 2.0 + 0.1 * var, rtol=1e-5)
+
+
+def test_training_step_matches_torchvision_batch_norm_running_stats():
+    torch.manual_seed(3)
+    reference = torchvision.models.resnet18(weights=None).train()
+    model = backbone(depth=18, frozen_stages=-1, norm_eval=False)
+    model.build((None, None, None, 3))
+    copy_from_torchvision(reference, model)
+    x = torch.randn(2, 3, 64, 64)
+    expected = stage_outputs(reference, x)
+    outs = model(tf.constant(x.permute(0, 2, 3, 1).numpy()), training=True)
+    for ours, ref in zip(outs, expected):
+        np.testing.assert_allclose(ours.numpy(), ref, rtol=1e-4, atol=1e-4 * np.abs(ref).max())
+    np.testing.assert_allclose(model.bn1.moving_variance.numpy(), reference.bn1.running_var.numpy(), rtol=1e-4)
+    np.testing.assert_allclose(model.stages[3][1].norms[1].moving_mean.numpy(),
+                               reference.layer4[1].bn2.running_mean.numpy(), rtol=1e-4, atol=1e-6)
 
 
 def test_group_norm_and_zero_eps_build_and_run():

@@ -24,13 +24,27 @@ stages does. `norm_eval` runs every BN on its moving statistics even when the mo
 `norm_cfg.requires_grad: false` keeps BN gamma/beta fixed. Setting `backbone.trainable = True` (e.g. through
 a parent model) re-applies these rules instead of unfreezing everything.
 
-Known difference: in training mode Keras updates moving_variance with the biased batch variance, PyTorch with
-the unbiased one (n / (n - 1) larger). It matters only when BN statistics are trained (norm_eval false).
+A BN that trains on batch statistics (norm_eval false) runs TensorFlow's fused batch norm (`batch_norm_train`), which
+also updates moving_variance with the unbiased batch variance as PyTorch does (Keras' own layer uses the biased one).
 """
 import keras
 import tensorflow as tf
 
 from tfrcnn.config import BackboneCfg, NormCfg
+
+
+def _onednn_enabled():
+    """Whether TensorFlow runs its oneDNN kernels (on by default on CPUs with AVX-512; TF_ENABLE_ONEDNN_OPTS)."""
+    try:
+        from tensorflow.python.util import _pywrap_util_port
+        return bool(_pywrap_util_port.IsMklEnabled())
+    except (ImportError, AttributeError):  # a TensorFlow without the query: assume the default Eigen kernels
+        return False
+
+
+# oneDNN has no gradient kernels for explicit padding (TensorFlow then runs Eigen's, about half as fast there): a
+# strided conv that "SAME" cannot express pads with tf.pad first on such builds.
+_ONEDNN = _onednn_enabled()
 
 
 def _kaiming_normal():
@@ -52,10 +66,16 @@ class PaddedConv2D(keras.layers.Conv2D):
         self.pad = int(pad)
 
     def convolution_op(self, inputs, kernel):
-        # The padding goes into the convolution (TensorFlow's explicit padding) instead of a tf.pad copy of the
-        # input: one pass less over the largest maps, forward and backward.
+        # The padding goes into the convolution instead of a tf.pad copy of the input: one pass less over the
+        # largest maps, forward and backward. A stride-1 conv whose pad is half its odd kernel pads exactly as
+        # "SAME" does; TensorFlow's oneDNN kernels (AVX-512 CPUs) take "SAME" but fall back to Eigen for the
+        # gradients of explicit padding, twice as slow there (BENCHMARKS.md, "Main job: the training step").
         p = self.pad
-        padding = [[0, 0], [p, p], [p, p], [0, 0]] if p else "VALID"
+        same = all(s == 1 for s in self.strides) and all(
+            k % 2 == 1 and p == (k - 1) // 2 * d for k, d in zip(self.kernel_size, self.dilation_rate))
+        if p and not same and _ONEDNN:
+            inputs, p = tf.pad(inputs, [[0, 0], [p, p], [p, p], [0, 0]]), 0
+        padding = "SAME" if p and same else [[0, 0], [p, p], [p, p], [0, 0]] if p else "VALID"
         return tf.nn.conv2d(inputs, kernel, self.strides, padding, dilations=self.dilation_rate)
 
     def compute_output_shape(self, input_shape):
@@ -92,7 +112,8 @@ def conv_norm(conv, norm, x, training=None, relu=False):
     Such a BN is an affine map per channel, y = s·conv(x) + (beta - mean·s) with s = gamma / sqrt(var + eps), so
     the conv runs with kernel·s and a bias, which TensorFlow fuses with the ReLU into one kernel: no separate
     passes over the activation for the norm (and its gradient), the same function of x, kernel, gamma and beta up
-    to float rounding. Batch statistics (training a trainable BN) and GroupNorm take the plain path.
+    to float rounding. A BN on batch statistics (training a trainable BN) runs `batch_norm_train`; GroupNorm the
+    layer itself.
 
     Args:
       conv: a built PaddedConv2D without bias; norm: its BatchNormalization or GroupNormalization.
@@ -100,7 +121,10 @@ def conv_norm(conv, norm, x, training=None, relu=False):
     Returns: [B, H', W', C_out] as `norm(conv(x))` (ReLU applied when `relu`).
     """
     batch_stats = bool(training) and norm.trainable
-    if not isinstance(norm, keras.layers.BatchNormalization) or batch_stats or conv.use_bias:
+    if isinstance(norm, keras.layers.BatchNormalization) and batch_stats:
+        y = batch_norm_train(norm, conv(x))
+        return tf.nn.relu(y) if relu else y
+    if not isinstance(norm, keras.layers.BatchNormalization) or conv.use_bias:
         y = norm(conv(x), training=training)
         return tf.nn.relu(y) if relu else y
     f32 = lambda v: tf.cast(v, tf.float32)  # noqa: E731  (the fold is computed in float32)
@@ -114,6 +138,30 @@ def conv_norm(conv, norm, x, training=None, relu=False):
     kernel = tf.cast(f32(conv.kernel) * scale, dtype)
     y = tf.nn.bias_add(conv.convolution_op(x, kernel), tf.cast(bias, dtype))
     return tf.nn.relu(y) if relu else y
+
+
+def batch_norm_train(norm, x):
+    """What `norm(x, training=True)` computes for a built keras BatchNormalization over the last axis of NHWC `x`, as
+    one fused kernel forward and one backward (TensorFlow's FusedBatchNormV3) instead of Keras' separate moments,
+    normalization and their gradients: a third of the BN time of a small model's training step on CPU.
+
+    Normalizes with the batch statistics (biased variance) and updates the moving statistics with
+    `momentum`, the variance term unbiased (n / (n - 1)) as PyTorch's BatchNorm2d does. Computes in float32 and
+    returns the layer's compute dtype, as the Keras layer does.
+    """
+    if norm.axis not in (-1, 3, [-1], [3]) or getattr(norm, "renorm", False):
+        return norm(x, training=True)
+    channels = x.shape[-1]
+    f32 = lambda v: tf.cast(v, tf.float32)  # noqa: E731
+    gamma = f32(norm.gamma) if norm.scale else tf.ones([channels], tf.float32)
+    beta = f32(norm.beta) if norm.center else tf.zeros([channels], tf.float32)
+    y, mean, variance, _, _, _ = tf.raw_ops.FusedBatchNormV3(
+        x=f32(x), scale=gamma, offset=beta, mean=f32(norm.moving_mean), variance=f32(norm.moving_variance),
+        epsilon=norm.epsilon, exponential_avg_factor=1.0 - norm.momentum, data_format="NHWC", is_training=True)
+    # With exponential_avg_factor the kernel returns the updated moving averages themselves.
+    norm.moving_mean.assign(tf.stop_gradient(mean))
+    norm.moving_variance.assign(tf.stop_gradient(variance))
+    return tf.cast(y, norm.compute_dtype)
 
 
 class _ResidualBlock(keras.layers.Layer):
