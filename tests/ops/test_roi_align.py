@@ -171,6 +171,32 @@ def test_multilevel_unaligned_matches_torchvision(output_size):
     np.testing.assert_allclose(out, expected, atol=1e-4, rtol=0)
 
 
+def test_flat_rois_with_image_indices_equal_the_batched_ones():
+    # The batch's RoIs as one list (what the mask head trains on): box n of image b pools what it pools in
+    # the [B, N, 4] layout, and so does the gradient to the features.
+    rng = np.random.default_rng(5)
+    batch, num = 2, 12
+    features = [tf.constant(f) for f in pyramid(rng, batch)]
+    boxes = tf.constant(make_boxes(rng, batch, num))
+    pairs = [(0, 0), (0, 3), (0, 4), (0, 11), (1, 1), (1, 2)]  # (image, box): 4 RoIs of image 0, 2 of image 1
+    flat_boxes = tf.constant([boxes[b, n].numpy() for b, n in pairs])
+    images = tf.constant([b for b, _ in pairs], tf.int32)
+    with tf.GradientTape(persistent=True) as tape:
+        tape.watch(features)
+        batched = R.multilevel_roi_align(features, boxes, 7, sampling_ratio=2)
+        flat = R.multilevel_roi_align(features, flat_boxes, 7, sampling_ratio=2, image_indices=images)
+        picked = tf.stack([batched[b, n] for b, n in pairs])
+        losses = [tf.reduce_sum(t ** 2) for t in (flat, picked)]
+    assert flat.shape == (len(pairs), 7, 7, 3)
+    np.testing.assert_allclose(flat, picked, rtol=1e-6, atol=1e-6)
+    grads = [tape.gradient(loss, features) for loss in losses]
+    assert [g is None for g in grads[0]] == [g is None for g in grads[1]]
+    assert any(g is not None for g in grads[0])
+    for a, b in zip(*grads):
+        if a is not None:
+            np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
+
+
 @pytest.mark.parametrize("sampling_ratio", [1, 2, 3])
 def test_multilevel_aligned_matches_torchvision_per_level(sampling_ratio):
     rng = np.random.default_rng(10 + sampling_ratio)

@@ -232,17 +232,18 @@ class StandardRoIHead(keras.layers.Layer):
             return None
         return stack_pyramid([tf.cast(f, tf.float32) for f in features[:len(box.featmap_strides)]])
 
-    def extract(self, features, rois, extractor_cfg: RoIExtractorCfg, pyramid=None):
+    def extract(self, features, rois, extractor_cfg: RoIExtractorCfg, pyramid=None, image_indices=None):
         """SingleRoIExtractor: each RoI pooled from the FPN level its size maps to.
 
         Args:
           features: list of [B, H_l, W_l, C] maps, finest first (P2..P6); the first
             len(extractor_cfg.featmap_strides) are used.
-          rois: [B, N, 4] in padded-input pixels.
+          rois: [B, N, 4] in padded-input pixels, or [N, 4] with `image_indices` (RoIAlign only).
           extractor_cfg: `RoIExtractorCfg` (bbox_roi_extractor or mask_roi_extractor).
           pyramid: `shared_pyramid(features)`, or None.
+          image_indices: int32 [N], the image of each of the flat `rois`.
         Returns:
-          [B, N, S, S, C] in the layer's compute dtype; no gradient flows to `rois`.
+          [B, N, S, S, C] (or [N, S, S, C]) in the layer's compute dtype; no gradient flows to `rois`.
         """
         strides = tuple(extractor_cfg.featmap_strides)
         if len(features) < len(strides):
@@ -253,7 +254,10 @@ class StandardRoIHead(keras.layers.Layer):
         layer = extractor_cfg.roi_layer
         if layer.type == "RoIAlign":
             pooled = multilevel_roi_align(levels, rois, layer.output_size, layer.sampling_ratio, layer.aligned,
-                                          strides, extractor_cfg.finest_scale, pyramid=pyramid)
+                                          strides, extractor_cfg.finest_scale, pyramid=pyramid,
+                                          image_indices=image_indices)
+        elif image_indices is not None:
+            raise ValueError("StandardRoIHead.extract: flat RoIs (image_indices) need RoIAlign")
         else:
             pooled = multilevel_roi_pool(levels, rois, layer.output_size, strides, extractor_cfg.finest_scale)
         return tf.cast(pooled, self.compute_dtype)
@@ -345,20 +349,44 @@ class StandardRoIHead(keras.layers.Layer):
 
     def _mask_loss(self, features, rois, positive, labels, matched, gt_masks, gt_boxes, pyramid=None):
         """Per-pixel BCE of the label's mask channel over the positive RoIs → (sum, count)."""
+        size = self.train_cfg.mask_size
+        weight = self.cfg.mask_head.loss_mask.loss_weight
+        flat = (self.train_cfg.mask_rois == "positives"
+                and self.cfg.mask_roi_extractor.roi_layer.type == "RoIAlign")
+        if flat:
+            # The batch's positives as one list, as torchvision and MMDetection run the mask head: no slot of an
+            # image with fewer positives than another costs mask-head work.
+            where = tf.cast(tf.where(positive), tf.int32)  # [P, 2]: (image, slot)
+            num = tf.shape(where)[0]
+            # With no positive at all, one placeholder RoI (weight 0) keeps the mask head off empty tensors,
+            # whose convolution gradients TensorFlow's oneDNN kernels cannot compute.
+            where = tf.concat([where, tf.zeros([1, 2], tf.int32)], axis=0)[:tf.maximum(num, 1)]
+            images = where[:, 0]
+            rois, labels, matched = [tf.gather_nd(t, where) for t in (rois, labels, matched)]
+            logits = self.mask_head(self.extract(features, rois, self.cfg.mask_roi_extractor, pyramid,
+                                                 image_indices=images)[None])[0]  # [P, 28, 28, C]
+            logits = _class_slice(logits[None], labels[None], axis=4)[0]  # [P, 28, 28]
+            pairs = tf.stack([images, matched], axis=1)
+            targets = mask_targets(tf.gather_nd(gt_masks, pairs)[None], tf.gather_nd(gt_boxes, pairs)[None],
+                                   rois[None], tf.range(tf.shape(rois)[0])[None], size, binarize=True)[0]
+            bce = tf.nn.sigmoid_cross_entropy_with_logits(labels=targets, logits=logits)
+            real = tf.cast(tf.range(tf.shape(where)[0]) < num, tf.float32)[:, None, None]
+            count = tf.cast(num, tf.float32) * float(size * size)
+            return weight * tf.reduce_sum(bce * real), count
         s = self.train_cfg.sampler
         # random_sample puts positives first and takes at most int(num * pos_fraction): these slots hold them all.
         p = min(int(s.num * s.pos_fraction), rois.shape[1])
-        if self.train_cfg.mask_rois == "positives":  # the slots past the batch's largest count are all empty
-            p = tf.reduce_max(tf.reduce_sum(tf.cast(positive[:, :p], tf.int32), axis=1))
+        if self.train_cfg.mask_rois == "positives":  # RoIPool: the slots past the batch's largest count are empty
+            # (at least one slot, masked out when empty: see the placeholder above)
+            p = tf.maximum(tf.reduce_max(tf.reduce_sum(tf.cast(positive[:, :p], tf.int32), axis=1)), 1)
         rois, positive, labels, matched = rois[:, :p], positive[:, :p], labels[:, :p], matched[:, :p]
         logits = self.mask_head(self.extract(features, rois, self.cfg.mask_roi_extractor, pyramid))  # [B, P, 28, 28, C]
         logits = _class_slice(logits, labels, axis=4)  # [B, P, 28, 28]
-        size = self.train_cfg.mask_size
         targets = mask_targets(gt_masks, gt_boxes, rois, matched, size, binarize=True)
         bce = tf.nn.sigmoid_cross_entropy_with_logits(labels=targets, logits=logits)
         bce = tf.where(positive[:, :, None, None], bce, 0.0)
         count = tf.reduce_sum(tf.cast(positive, tf.float32)) * float(size * size)
-        return self.cfg.mask_head.loss_mask.loss_weight * tf.reduce_sum(bce), count
+        return weight * tf.reduce_sum(bce), count
 
     # ------------------------------------------------------------------------------------------------ inference
 

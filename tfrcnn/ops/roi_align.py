@@ -70,7 +70,7 @@ def stack_pyramid(features):
 
 
 def multilevel_roi_align(features, boxes, output_size, sampling_ratio=2, aligned=True,
-                         strides=(4, 8, 16, 32), finest_scale=56, pyramid=None):
+                         strides=(4, 8, 16, 32), finest_scale=56, pyramid=None, image_indices=None):
     """RoIAlign over an FPN pyramid: each RoI is pooled from the level `map_roi_levels` gives it.
 
     MMDetection's `SingleRoIExtractor` + `RoIAlign`, and (with aligned=False) torchvision's
@@ -86,13 +86,18 @@ def multilevel_roi_align(features, boxes, output_size, sampling_ratio=2, aligned
       strides: input pixels per feature pixel of each level, one per map in `features`.
       finest_scale: see `map_roi_levels`.
       pyramid: `stack_pyramid(features)`, when the caller already has it.
+      image_indices: optional int32 [N]: then `boxes` is a flat [N, 4] list of the RoIs of the whole batch and
+        image_indices[n] is the image box n lies in (RoIs of a varying count per image, without padding slots).
     Returns:
-      [B, N, S_h, S_w, C] in the dtype of the features.
+      [B, N, S_h, S_w, C] (or [N, S_h, S_w, C] with image_indices) in the dtype of the features.
     """
     _check_levels(features, strides)
+    if image_indices is not None:
+        boxes = boxes[None]
     levels = map_roi_levels(boxes, len(features), finest_scale)
-    return _align(list(features), boxes, levels, [1.0 / s for s in strides], output_size, sampling_ratio,
-                  aligned, pyramid)
+    pooled = _align(list(features), boxes, levels, [1.0 / s for s in strides], output_size, sampling_ratio,
+                    aligned, pyramid, image_indices)
+    return pooled if image_indices is None else pooled[0]
 
 
 def roi_pool(features, boxes, output_size, spatial_scale=1.0):
@@ -137,8 +142,9 @@ def multilevel_roi_pool(features, boxes, output_size, strides=(4, 8, 16, 32), fi
 # ----------------------------------------------------------------------------------------------------
 
 
-def _align(features, boxes, levels, scales, output_size, sampling_ratio, aligned, pyramid=None):
-    """RoIAlign of each box on features[levels[b, n]] at scales[levels[b, n]] → [B, N, S_h, S_w, C]."""
+def _align(features, boxes, levels, scales, output_size, sampling_ratio, aligned, pyramid=None, image_indices=None):
+    """RoIAlign of each box on features[levels[b, n]] at scales[levels[b, n]] → [B, N, S_h, S_w, C]; with
+    image_indices [N], boxes is [1, N, 4] and box n samples image image_indices[n]."""
     if isinstance(sampling_ratio, bool) or not isinstance(sampling_ratio, numbers.Integral) or sampling_ratio < 1:
         raise ValueError(
             f"roi_align: sampling_ratio must be an int >= 1, got {sampling_ratio!r}; adaptive sampling "
@@ -177,7 +183,8 @@ def _align(features, boxes, levels, scales, output_size, sampling_ratio, aligned
                           axis=-1)
     batch, num = _dim(boxes, 0), _dim(boxes, 1)
     channels = _dim(canvas, 3)
-    crops = crop_and_resize(canvas, tf.reshape(crop_boxes, [-1, 4]), _box_indices(batch, num), (out_h * sr, out_w * sr))
+    box_indices = _box_indices(batch, num) if image_indices is None else tf.cast(image_indices, tf.int32)
+    crops = crop_and_resize(canvas, tf.reshape(crop_boxes, [-1, 4]), box_indices, (out_h * sr, out_w * sr))
     valid = valid_y[..., :, None] & valid_x[..., None, :]  # [B, N, S_h*sr, S_w*sr]
     mask = tf.reshape(tf.cast(valid, crops.dtype), [-1, out_h * sr, out_w * sr, 1])
     # Boxes inside the image (proposals, detections: clipped) never sample beyond a map: skip that full pass then.
