@@ -454,11 +454,32 @@ class ParamwiseCfg(_Section):
 
 @dataclass
 class OptimizerCfg(_Section):
-    type: Literal["SGD"] = "SGD"
-    lr: float = 0.02  # for 16 images per step (8 GPUs x 2)
-    momentum: float = 0.9
+    # SGD: PyTorch's SGD with coupled L2 decay; AdamW: PyTorch's AdamW, decoupled decay (tfrcnn.training.optimizer)
+    type: Literal["SGD", "AdamW"] = "SGD"
+    lr: float = 0.02  # SGD: for 16 images per step (8 GPUs x 2)
+    momentum: Optional[float] = None  # SGD only; null: 0.9
+    betas: Optional[Tuple[float, float]] = None  # AdamW only; null: (0.9, 0.999)
+    eps: Optional[float] = None  # AdamW only; null: 1e-8
     weight_decay: float = 1.0e-4
     paramwise_cfg: ParamwiseCfg = _sub(ParamwiseCfg)
+
+    def __post_init__(self):
+        # Each type's own defaults, so that the resolved config shows what runs; the other type's keys stay null
+        # and `_checks` refuses them when set (torch.optim refuses them too: SGD(betas=...) is a TypeError).
+        if self.type == "SGD" and self.momentum is None:
+            self.momentum = 0.9
+        if self.type == "AdamW":
+            self.betas = (0.9, 0.999) if self.betas is None else self.betas
+            self.eps = 1e-8 if self.eps is None else self.eps
+
+    def _checks(self):
+        others = {"SGD": ("betas", "eps"), "AdamW": ("momentum",)}[self.type]
+        for name in others:
+            if getattr(self, name) is not None:
+                yield name, (f"is not an argument of {self.type} (inherited from a base config? set it to null, or "
+                             "give the optimizer section '_delete_: true' in the config file to replace it whole)")
+        if self.type == "AdamW" and not all(0.0 <= b < 1.0 for b in self.betas):
+            yield "betas", f"must be in [0, 1), got {list(self.betas)}"
 
 
 @dataclass

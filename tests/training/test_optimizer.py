@@ -8,7 +8,7 @@ import tensorflow as tf
 import torch
 
 from tfrcnn.config import GradClipCfg, ParamwiseCfg, load_config
-from tfrcnn.training.optimizer import (SGD, add_weight_decay, build_optimizer, clip_gradients, decay_multipliers,
+from tfrcnn.training.optimizer import (SGD, AdamW, add_weight_decay, build_optimizer, clip_gradients, decay_multipliers,
                                        set_mixed_precision)
 from tfrcnn.training.schedule import WarmupStepSchedule
 
@@ -167,10 +167,75 @@ def test_matches_torch_sgd_with_warmup_decay_and_clipping():
             np.testing.assert_allclose(v.numpy(), p.detach().numpy(), rtol=1e-5, atol=1e-6, err_msg=f"step {it}")
 
 
+# --- AdamW: PyTorch's update ---------------------------------------------------------------------------
+
+
+def test_one_adamw_step_by_hand():
+    # PyTorch: w *= 1 - lr * wd; m = (1 - b1) g; v = (1 - b2) g^2; w -= lr / (1 - b1) * m / (sqrt(v / (1 - b2)) + eps)
+    # w = 2, g = 0.5, lr = 0.1, wd = 0.5: w = 2 * 0.95 = 1.9; the Adam step of the first update is lr * g / |g|
+    # (up to eps): 1.9 - 0.1 = 1.8.
+    w = tf.Variable([2.0])
+    opt = AdamW(learning_rate=0.1, betas=(0.9, 0.999), eps=1e-8, decoupled_weight_decay=0.5)
+    opt.apply([tf.constant([0.5])], [w])
+    np.testing.assert_allclose(w.numpy(), [1.8], rtol=1e-6)
+
+
+def test_matches_torch_adamw_with_warmup_multipliers_and_clipping():
+    """Six steps on a quadratic, against torch.optim.AdamW + clip_grad_norm_ with the same lr per step."""
+    rng = np.random.default_rng(1)
+    init = [rng.normal(size=(3, 2)).astype(np.float32), rng.normal(size=(2,)).astype(np.float32)]
+    scale = [rng.uniform(0.5, 2.0, size=a.shape).astype(np.float32) for a in init]
+    shift = [rng.normal(size=a.shape).astype(np.float32) for a in init]
+    schedule = WarmupStepSchedule(0.05, steps_per_epoch=2, step_epochs=[2], warmup="linear", warmup_iters=3,
+                                  warmup_ratio=0.1)
+    wd, betas, eps, max_norm, mults = 0.05, (0.8, 0.95), 1e-6, 1.5, [1.0, 0.0]
+
+    tf_vars = [tf.Variable(a) for a in init]
+    opt = AdamW(schedule, betas=betas, eps=eps, decoupled_weight_decay=wd, grad_clip_norm=max_norm)
+    opt.set_decay_multipliers(tf_vars, mults)
+    t_params = [torch.tensor(a, requires_grad=True) for a in init]
+    t_opt = torch.optim.AdamW([{"params": [p], "weight_decay": wd * m} for p, m in zip(t_params, mults)],
+                              lr=0.05, betas=betas, eps=eps)
+    for it in range(6):
+        with tf.GradientTape() as tape:
+            loss = sum(tf.reduce_sum(s * tf.square(v - c)) for v, s, c in zip(tf_vars, scale, shift))
+        opt.apply(tape.gradient(loss, tf_vars), tf_vars)
+
+        t_opt.zero_grad()
+        t_loss = sum((torch.tensor(s) * (p - torch.tensor(c)) ** 2).sum() for p, s, c in zip(t_params, scale, shift))
+        t_loss.backward()
+        torch.nn.utils.clip_grad_norm_(t_params, max_norm)
+        for group in t_opt.param_groups:
+            group["lr"] = float(schedule(it))
+        t_opt.step()
+        for v, p in zip(tf_vars, t_params):
+            np.testing.assert_allclose(v.numpy(), p.detach().numpy(), rtol=1e-5, atol=1e-6, err_msg=f"step {it}")
+
+
+def test_adamw_config_round_trips_and_checkpoints(tmp_path):
+    opt = AdamW(WarmupStepSchedule(1e-3, 10, [8, 11]), betas=(0.9, 0.99), eps=1e-7, decoupled_weight_decay=0.05,
+                grad_clip_norm=35.0)
+    again = keras.optimizers.deserialize(keras.optimizers.serialize(opt))
+    assert isinstance(again, AdamW) and isinstance(again._learning_rate, WarmupStepSchedule)
+    assert (again.beta_1, again.beta_2, again.epsilon) == pytest.approx((0.9, 0.99, 1e-7))
+    assert (again.decoupled_weight_decay, again.grad_clip_norm, again.weight_decay) == (0.05, 35.0, None)
+    w = tf.Variable([1.0, 2.0])
+    opt = AdamW(0.1, decoupled_weight_decay=0.1)
+    opt.apply([tf.constant([1.0, -1.0])], [w])
+    path = tf.train.Checkpoint(w=w, opt=opt).save(str(tmp_path / "ckpt"))
+    w2 = tf.Variable([0.0, 0.0])
+    opt2 = AdamW(0.1, decoupled_weight_decay=0.1)
+    opt2.build([w2])
+    tf.train.Checkpoint(w=w2, opt=opt2).restore(path).assert_consumed()
+    np.testing.assert_allclose(opt2._velocities[0].numpy(), opt._velocities[0].numpy())
+    assert int(opt2.iterations) == 1
+
+
 def test_keras_decay_and_clipping_arguments_are_refused():
-    for name in ("weight_decay", "clipnorm", "global_clipnorm", "clipvalue"):
-        with pytest.raises(ValueError, match=f"{name} is Keras'"):
-            SGD(0.1, **{name: 1.0})
+    for cls in (SGD, AdamW):
+        for name in ("weight_decay", "clipnorm", "global_clipnorm", "clipvalue"):
+            with pytest.raises(ValueError, match=f"{name} is Keras'"):
+                cls(0.1, **{name: 1.0})
 
 
 def test_sgd_config_round_trips_through_keras_serialization():
@@ -223,6 +288,27 @@ def test_build_optimizer_from_the_config():
     assert opt._learning_rate.get_config()["step_epochs"] == [8, 11]
     clipped = build_optimizer(load_config(MASK, "optimizer_config.grad_clip={max_norm: 35, norm_type: 2}"), 100)
     assert clipped.grad_clip_norm == 35.0
+
+
+def test_build_adamw_from_the_config():
+    cfg = load_config(MASK, "optimizer={type: AdamW, lr: 0.0002, momentum: null, weight_decay: 0.05},"
+                            "optimizer_config.grad_clip={max_norm: 10}")
+    assert (cfg.optimizer.betas, cfg.optimizer.eps, cfg.optimizer.momentum) == ((0.9, 0.999), 1e-8, None)
+    opt = build_optimizer(cfg, steps_per_epoch=100)
+    assert isinstance(opt, AdamW) and opt.weight_decay is None
+    assert (opt.decoupled_weight_decay, opt.grad_clip_norm, opt.beta_2) == (0.05, 10.0, 0.999)
+    assert float(opt._learning_rate(10_000)) == pytest.approx(0.0002 * 0.01)  # after both steps of the 1x schedule
+
+
+def test_optimizer_keys_of_the_other_type_are_refused():
+    from tfrcnn.config import ConfigError
+    # the 1x schedule's SGD momentum stays when only the type changes, as torch.optim.AdamW(momentum=...) fails
+    with pytest.raises(ConfigError, match=r"optimizer\.momentum: is not an argument of AdamW.*_delete_"):
+        load_config(MASK, "optimizer.type=AdamW")
+    with pytest.raises(ConfigError, match=r"optimizer\.betas: is not an argument of SGD"):
+        load_config(MASK, "optimizer.betas=[0.9,0.99]")
+    with pytest.raises(ConfigError, match=r"optimizer\.betas: must be in \[0, 1\)"):
+        load_config(MASK, "optimizer={type: AdamW, momentum: null, betas: [0.9, 1.0]}")
 
 
 def test_build_optimizer_refusals():
