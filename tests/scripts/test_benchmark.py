@@ -20,8 +20,11 @@ def test_benchmark_reports_each_mode_against_torchvision(tmp_path):
     records = [json.loads(line) for line in out.stdout.splitlines() if line.startswith("{")]
     assert [r["mode"] for r in records] == ["inference", "throughput", "train", "profile"]
     assert [json.loads(line) for line in output.read_text().splitlines()] == records
-    for record, batch in zip(records[:3], (1, 2, 1)):
+    # the training batch defaults to the config's data.samples_per_gpu (2)
+    for record, batch in zip(records[:3], (1, 2, 2)):
         assert record["batch"] == batch and record["image_size"] == 128 and record["device"] == "cpu"
+        assert record["data"] == "synthetic" and record["cpu"] and set(record["cpu_features"]) <= {
+            "avx2", "avx512f", "avx512_bf16", "amx_bf16"}
         for side in ("tfrcnn", "torchvision"):
             t = record[side]
             assert t["runs"] == 2 and 0 < t["min_s"] <= t["median_s"] <= t["max_s"]
