@@ -23,7 +23,7 @@ import _cli
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SHAPES_CONFIG = os.path.join(REPO, "configs", "mask_rcnn_r18_fpn_shapes.yaml")
-# The main job's dataset: 640 training images are 4 epochs of 160 steps, which fit its time budget.
+# The main job's dataset: 640 training images, 160 steps an epoch at the config's 4 images per step.
 SHAPES_SIZES = dict(num_train=640, num_val=200)
 SHAPES_WAIT_S = 3600  # how long a non-chief worker waits for the chief to generate the shapes dataset
 
