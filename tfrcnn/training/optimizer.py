@@ -157,7 +157,11 @@ class _SummedGradientUpdates:
         norm = tf.linalg.global_norm(grads)
         self.grad_norm.assign(tf.cast(norm, tf.float32))
         if self.grad_clip_norm is not None:
-            grads, _ = tf.clip_by_global_norm(grads, self.grad_clip_norm, use_norm=norm)
+            # Scaled only when the norm exceeds max_norm (torch's clip_grad_norm_ multiplies by exactly 1 below it):
+            # most steps then skip a pass over every gradient.
+            grads = tf.cond(norm > self.grad_clip_norm,
+                            lambda: tf.clip_by_global_norm(grads, self.grad_clip_norm, use_norm=norm)[0],
+                            lambda: list(grads))
         tf.__internal__.distribute.interim.maybe_merge_call(
             self._distributed_tf_update_step, self._distribution_strategy,
             list(zip(grads, trainable_variables)), learning_rate)
