@@ -108,7 +108,7 @@ class TfrcnnRunner:
 
         import tfrcnn
         from tfrcnn.export import DetectionModule
-        from tfrcnn.training import build_optimizer
+        from tfrcnn.training import build_optimizer, configure_determinism
 
         self.tf = tf
         s = FLAGS.image_size
@@ -118,6 +118,7 @@ class TfrcnnRunner:
         overrides = f"{FLAGS.params_override},{settings}" if FLAGS.params_override else settings
         self.config = tfrcnn.load_config(FLAGS.config_file, overrides)
         self.train_batch_size = FLAGS.train_batch or self.config.data.samples_per_gpu
+        configure_determinism(self.config)  # as training runs the config (runtime.deterministic)
         self.model = tfrcnn.build_model(self.config, build_size=(s, s))
         self.module = DetectionModule(self.model, self.config, paste_masks=self.config.model.with_mask)
         batch = max(FLAGS.throughput_batch, self.train_batch_size, 1)

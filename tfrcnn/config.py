@@ -542,7 +542,10 @@ class RuntimeCfg(_Section):
     # A Keras dtype policy: variables stay float32, layers compute in half precision, losses in float32.
     mixed_precision: Optional[Literal["mixed_float16", "mixed_bfloat16"]] = None
     jit_compile: bool = False  # XLA for the dense parts of the train step (not NMS, RoIAlign, the update)
-    seed: int = 0  # weights' initialization, sampling and data order
+    seed: int = 0  # sampling and data order; with `deterministic`, also the weights' initialization
+    # TensorFlow's op determinism for the run (process-wide): the same config on the same kind of machine trains
+    # the same weights bit for bit (tfrcnn.training.configure_determinism)
+    deterministic: bool = False
 
 
 @dataclass

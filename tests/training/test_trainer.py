@@ -127,3 +127,52 @@ def test_the_chief_is_worker_0_unless_the_cluster_names_one(monkeypatch, tf_conf
     else:
         monkeypatch.setenv("TF_CONFIG", json.dumps(tf_config))
     assert is_chief() is chief and task_name() == name
+
+
+@pytest.fixture
+def restores_op_determinism():
+    """configure_determinism turns TensorFlow's op determinism on for the process: switched back off afterwards."""
+    from tensorflow.python.framework import config as tf_config
+    was = tf_config.is_op_determinism_enabled()
+    yield
+    if not was:
+        tf_config.disable_op_determinism()
+
+
+def _detector_steps(config, steps=2):
+    """Builds the config's detector after configure_determinism and trains `steps` steps on one synthetic batch:
+    (losses, weights)."""
+    import tfrcnn
+    from tfrcnn import structures
+    from tfrcnn.training import build_optimizer
+    trainer.configure_determinism(config)
+    model = tfrcnn.build_model(config, build_size=(128, 128))
+    model.compile(optimizer=build_optimizer(config, steps_per_epoch=100, model=model))
+    rng = np.random.default_rng(0)
+    y1, x1 = rng.uniform(0, 70, (2, 2, 3))
+    h, w = rng.uniform(20, 50, (2, 2, 3))
+    targets = {structures.GT_BOXES: np.stack([y1, x1, y1 + h, x1 + w], -1).astype(np.float32),
+               structures.GT_CLASSES: np.array([[1, 2, 1], [2, 1, 0]], np.int32),
+               structures.GT_MASKS: (rng.uniform(size=(2, 3, 28, 28)) > 0.5).astype(np.float32),
+               structures.IMAGE_SIZE: np.full((2, 2), 128, np.int32)}
+    images = rng.normal(size=(2, 128, 128, 3)).astype(np.float32)
+    losses = [float(model.train_on_batch(images, targets, return_dict=True)["loss"]) for _ in range(steps)]
+    return losses, [v.numpy() for v in model.weights]
+
+
+def test_deterministic_runtime_repeats_a_detector_run_bit_for_bit(restores_op_determinism):
+    # runtime.deterministic seeds the weights from runtime.seed and makes every op deterministic: the same
+    # config trains the same weights twice in one process, RoIAlign's gradient included (TensorFlow's kernel).
+    import tfrcnn
+    from tfrcnn.ops import roi_align
+    path = os.path.join(os.path.dirname(__file__), "..", "modeling", "configs", "mask_rcnn_r18_tiny.yaml")
+    overrides = "runtime.deterministic=true,data.mask_crop_size=28,train_cfg.rcnn.sampler.num=32"
+    config = tfrcnn.load_config(path, overrides)
+    first_losses, first = _detector_steps(config)
+    assert roi_align._kernel_gradient_is_exact()
+    second_losses, second = _detector_steps(config)
+    assert first_losses == second_losses
+    for a, b in zip(first, second):
+        np.testing.assert_array_equal(a, b)
+    other_losses, _ = _detector_steps(tfrcnn.load_config(path, overrides + ",runtime.seed=1"), steps=1)
+    assert other_losses[0] != first_losses[0]  # the seed does reach the weights' initialization

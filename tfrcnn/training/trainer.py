@@ -113,6 +113,18 @@ class _Schedule:
         self.eval_every = config.evaluation.interval * self.steps_per_epoch
 
 
+def configure_determinism(config):
+    """Applies `runtime.deterministic` to this process; call it before the model is built.
+
+    With it true: Keras' global seed from `runtime.seed` (Python, NumPy, TensorFlow and the weights' initializers)
+    and `tf.config.experimental.enable_op_determinism()`, which holds for the rest of the process (TensorFlow cannot
+    switch it off publicly) and makes unseeded random ops and `tf.timestamp` errors. Without it, nothing changes.
+    """
+    if config.runtime.deterministic:
+        keras.utils.set_random_seed(config.runtime.seed)
+        tf.config.experimental.enable_op_determinism()
+
+
 def train(config, model_dir, mode="train", init_checkpoint=None, progress=True):
     """Trains (and evaluates) the model of `config` in `model_dir`, resuming from its newest checkpoint.
 
@@ -132,6 +144,7 @@ def train(config, model_dir, mode="train", init_checkpoint=None, progress=True):
     """
     if mode == "eval":
         return _evaluate_latest(config, model_dir, progress)
+    configure_determinism(config)
     strategy = make_strategy(config.runtime.strategy)
     multi_worker = isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy)
     chief = is_chief(strategy)
