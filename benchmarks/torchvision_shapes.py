@@ -1,72 +1,137 @@
-"""Reference run: torchvision's Mask R-CNN built like configs/mask_rcnn_r18_fpn_shapes.yaml, trained from scratch
-on a shapes dataset that tfrcnn generated, then COCO AP on its val split. Test-only: needs torch and torchvision.
+"""Reference run: torchvision's twin of a tfrcnn config (benchmarks/torchvision_twin.py) trained from scratch on a
+shapes dataset that tfrcnn generated, with the config's schedule, then COCO AP on its val split. Test-only: needs
+torch and torchvision.
 
-    python benchmarks/torchvision_shapes.py STEPS SHAPES_DIR SIZE LR ROIS_PER_IMAGE LR_DECAY_STEP
-    python benchmarks/torchvision_shapes.py 700 data/shapes 192 0.01 64 525     # BENCHMARKS.md, main job
-Environment: NT = torch threads (default 2). Same as the main job: ResNet-18 with trainable BN, 64-channel FPN,
-256-wide two-FC head, 4 x 64 mask convs, batch 4, SGD momentum 0.9, weight decay 1e-4, linear warmup over 50
-steps from 0.001 x lr, lr x 0.1 from LR_DECAY_STEP, horizontal flips, 500/256 proposals, 20 detections.
+    python benchmarks/torchvision_shapes.py --shapes_dir data/shapes      # the main job's config and schedule
+    python benchmarks/torchvision_shapes.py --shapes_dir data/shapes --params_override optimizer.lr=0.02
+
+What it takes from the config: the model (the twin), data.samples_per_gpu images per step, data.img_scale (a square
+side: torchvision's min_size = max_size), data.flip_ratio, the optimizer (SGD or AdamW) with
+optimizer_config.grad_clip, lr_config (linear or constant warmup from warmup_ratio over warmup_iters, lr x gamma at
+each epoch of `step`) and runner.max_epochs over the training images. Images are drawn in a random order per epoch
+(`--seed`); the twin's weights come from torch.manual_seed(--seed). COCO AP of the val split at the end (masks
+thresholded at test_cfg.rcnn.mask_thr_binary), printed as a JSON line.
 """
-import sys, time, json, random
-import numpy as np, torch, torchvision
+import argparse
+import json
+import os
+import random
+import sys
+import time
+
+# torch and torchvision before TensorFlow, which the tfrcnn package loads: torchvision's first import after
+# TensorFlow segfaults (see tests/conftest.py)
+import numpy as np
+import torch
+import torchvision  # noqa: F401
 from PIL import Image
+from pycocotools import mask as mask_util
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
-from pycocotools import mask as mask_util
-from torchvision.models.detection import MaskRCNN
-from torchvision.models.detection.backbone_utils import BackboneWithFPN
-from torchvision.models.detection.faster_rcnn import TwoMLPHead, FastRCNNPredictor
-from torchvision.models.detection.mask_rcnn import MaskRCNNHeads, MaskRCNNPredictor
-from torchvision.ops.feature_pyramid_network import LastLevelMaxPool
-from torchvision.models import resnet18
-steps = int(sys.argv[1]); root = sys.argv[2]; size = int(sys.argv[3]); base_lr = float(sys.argv[4]); nsamp = int(sys.argv[5]); decay_at = int(sys.argv[6])
-torch.set_num_threads(int(__import__("os").environ.get("NT", "2"))); torch.manual_seed(0); random.seed(0)
-body = resnet18(weights=None)
-backbone = BackboneWithFPN(body, {"layer1": "0", "layer2": "1", "layer3": "2", "layer4": "3"}, [64, 128, 256, 512], 64,
-                           extra_blocks=LastLevelMaxPool())
-model = MaskRCNN(backbone, num_classes=None, min_size=size, max_size=size,
-                 rpn_pre_nms_top_n_train=500, rpn_post_nms_top_n_train=256, rpn_pre_nms_top_n_test=500,
-                 rpn_post_nms_top_n_test=256, box_batch_size_per_image=nsamp, box_detections_per_img=20,
-                 box_head=TwoMLPHead(64 * 49, 256), box_predictor=FastRCNNPredictor(256, 7),
-                 mask_head=MaskRCNNHeads(64, [64, 64, 64, 64], 1), mask_predictor=MaskRCNNPredictor(64, 64, 7))
-params = [p for p in model.parameters() if p.requires_grad]
-opt = torch.optim.SGD(params, lr=base_lr, momentum=0.9, weight_decay=1e-4)
-coco = COCO(f"{root}/annotations/instances_train.json")
-ids = [i for i in coco.getImgIds() if coco.getAnnIds(imgIds=i)]
-def load(i):
-    info = coco.loadImgs(i)[0]
-    img = torch.from_numpy(np.asarray(Image.open(f"{root}/train/{info['file_name']}").convert("RGB"))).permute(2, 0, 1).float() / 255
-    anns = coco.loadAnns(coco.getAnnIds(imgIds=i, iscrowd=False))
-    boxes = torch.tensor([[a["bbox"][0], a["bbox"][1], a["bbox"][0] + a["bbox"][2], a["bbox"][1] + a["bbox"][3]] for a in anns])
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.join(REPO, "benchmarks"))
+from torchvision_twin import build_optimizer, build_twin, twin_settings  # noqa: E402
+
+
+def load_image(path):
+    return torch.from_numpy(np.asarray(Image.open(path).convert("RGB"))).permute(2, 0, 1).float() / 255
+
+
+def training_sample(coco, image_id, image_dir, flip):
+    """(image CHW in [0, 1], torchvision target) of one COCO image, flipped horizontally when `flip`."""
+    info = coco.loadImgs(image_id)[0]
+    image = load_image(os.path.join(image_dir, info["file_name"]))
+    anns = coco.loadAnns(coco.getAnnIds(imgIds=image_id, iscrowd=False))
+    boxes = torch.tensor([[a["bbox"][0], a["bbox"][1], a["bbox"][0] + a["bbox"][2], a["bbox"][1] + a["bbox"][3]]
+                          for a in anns])
     masks = torch.from_numpy(np.stack([coco.annToMask(a) for a in anns]))
-    t = {"boxes": boxes, "labels": torch.tensor([a["category_id"] for a in anns]), "masks": masks}
-    if random.random() < 0.5:
-        img = img.flip(-1); w = img.shape[-1]
-        t["boxes"] = torch.stack([w - boxes[:, 2], boxes[:, 1], w - boxes[:, 0], boxes[:, 3]], 1); t["masks"] = masks.flip(-1)
-    return img, t
-model.train(); t0 = time.time(); order = []
-for step in range(steps):
-    if len(order) < 4: order += random.sample(ids, len(ids))
-    batch = [load(order.pop()) for _ in range(4)]
-    lr = base_lr * (min(1.0, 0.001 + (1 - 0.001) * step / 50)) * (0.1 if step >= decay_at else 1)
-    for g in opt.param_groups: g["lr"] = lr
-    losses = model([b[0] for b in batch], [b[1] for b in batch]); loss = sum(losses.values())
-    opt.zero_grad(); loss.backward(); opt.step()
-    if step % 50 == 0:
-        print(f"step {step} t={time.time()-t0:.0f}s loss={loss.item():.3f} " + " ".join(f"{k}={v.item():.3f}" for k, v in losses.items()), flush=True)
-train_s = time.time() - t0
-print("train s", train_s, "s/step", train_s / steps, flush=True)
-model.eval(); gt = COCO(f"{root}/annotations/instances_val.json"); res = []
-with torch.no_grad():
-    for i in gt.getImgIds():
-        info = gt.loadImgs(i)[0]
-        img = torch.from_numpy(np.asarray(Image.open(f"{root}/val/{info['file_name']}").convert("RGB"))).permute(2, 0, 1).float() / 255
-        out = model([img])[0]
-        for b, s, l, m in zip(out["boxes"], out["scores"], out["labels"], out["masks"]):
-            rle = mask_util.encode(np.asfortranarray((m[0] > 0.5).numpy().astype(np.uint8))); rle["counts"] = rle["counts"].decode()
-            res.append({"image_id": i, "category_id": int(l), "bbox": [float(b[0]), float(b[1]), float(b[2] - b[0]), float(b[3] - b[1])],
-                        "score": float(s), "segmentation": rle})
-dt = gt.loadRes(res); out = {}
-for t in ("bbox", "segm"):
-    e = COCOeval(gt, dt, t); e.evaluate(); e.accumulate(); e.summarize(); out[t] = e.stats[0]
-print(json.dumps({"tv_bbox": out["bbox"], "tv_segm": out["segm"], "steps": steps, "train_s": train_s}))
+    target = {"boxes": boxes, "labels": torch.tensor([a["category_id"] for a in anns]), "masks": masks}
+    if flip:
+        w = image.shape[-1]
+        image = image.flip(-1)
+        target["boxes"] = torch.stack([w - boxes[:, 2], boxes[:, 1], w - boxes[:, 0], boxes[:, 3]], 1)
+        target["masks"] = masks.flip(-1)
+    return image, target
+
+
+def lr_at(step, config, steps_per_epoch):
+    """mmcv's step schedule with warmup, as tfrcnn.training.schedule computes it (0-based step)."""
+    c = config.lr_config
+    lr = config.optimizer.lr * c.gamma ** sum(step >= e * steps_per_epoch for e in c.step)
+    if c.warmup and step < c.warmup_iters:
+        lr *= c.warmup_ratio if c.warmup == "constant" else 1 - (1 - step / c.warmup_iters) * (1 - c.warmup_ratio)
+    return lr
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--config_file", default=os.path.join(REPO, "configs", "mask_rcnn_r18_fpn_shapes.yaml"))
+    parser.add_argument("--params_override", default=None)
+    parser.add_argument("--shapes_dir", default="data/shapes")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--threads", type=int, default=2)
+    args = parser.parse_args()
+    from tfrcnn.config import load_config
+    config = load_config(args.config_file, args.params_override)
+    side = config.data.img_scale[0] if isinstance(config.data.img_scale[0], int) else config.data.img_scale[0][0]
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(args.seed)
+    random.seed(args.seed)
+    settings = twin_settings(config, side)
+    model = build_twin(settings)
+    optimizer = build_optimizer(settings, model)
+    clip = settings["optimizer"]["grad_clip"]
+    root = args.shapes_dir
+    coco = COCO(os.path.join(root, "annotations", "instances_train.json"))
+    ids = [i for i in coco.getImgIds() if coco.getAnnIds(imgIds=i)]
+    batch = config.data.samples_per_gpu
+    steps_per_epoch = len(ids) // batch
+    steps = steps_per_epoch * config.runner.max_epochs
+    model.train()
+    began, order = time.time(), []
+    for step in range(steps):
+        if len(order) < batch:
+            order += random.sample(ids, len(ids))
+        samples = [training_sample(coco, order.pop(), os.path.join(root, "train"),
+                                   random.random() < config.data.flip_ratio) for _ in range(batch)]
+        for group in optimizer.param_groups:
+            group["lr"] = lr_at(step, config, steps_per_epoch)
+        losses = model([s[0] for s in samples], [s[1] for s in samples])
+        loss = sum(losses.values())
+        optimizer.zero_grad()
+        loss.backward()
+        if clip is not None:
+            torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.requires_grad], clip)
+        optimizer.step()
+        if step % 50 == 0:
+            print(f"step {step} t={time.time() - began:.0f}s loss={loss.item():.3f} "
+                  + " ".join(f"{k}={v.item():.3f}" for k, v in losses.items()), flush=True)
+    train_s = time.time() - began
+    model.eval()
+    gt = COCO(os.path.join(root, "annotations", "instances_val.json"))
+    results, threshold = [], config.test_cfg.rcnn.mask_thr_binary
+    with torch.no_grad():
+        for i in gt.getImgIds():
+            info = gt.loadImgs(i)[0]
+            out = model([load_image(os.path.join(root, "val", info["file_name"]))])[0]
+            for b, s, label, m in zip(out["boxes"], out["scores"], out["labels"], out["masks"]):
+                rle = mask_util.encode(np.asfortranarray((m[0] > threshold).numpy().astype(np.uint8)))
+                rle["counts"] = rle["counts"].decode()
+                results.append({"image_id": i, "category_id": int(label), "score": float(s), "segmentation": rle,
+                                "bbox": [float(b[0]), float(b[1]), float(b[2] - b[0]), float(b[3] - b[1])]})
+    detections = gt.loadRes(results)
+    ap = {}
+    for iou_type in ("bbox", "segm"):
+        e = COCOeval(gt, detections, iou_type)
+        e.evaluate()
+        e.accumulate()
+        e.summarize()
+        ap[iou_type] = e.stats[0]
+    print(json.dumps({"torchvision_bbox": ap["bbox"], "torchvision_segm": ap["segm"], "steps": steps,
+                      "train_s": round(train_s, 1), "s_per_step": round(train_s / steps, 4),
+                      "params_override": args.params_override, "seed": args.seed}))
+
+
+if __name__ == "__main__":
+    main()
