@@ -1,9 +1,10 @@
 """COCO ↔ TFRecord with TF Model Garden's feature keys, so datasets move between the two projects both ways.
 
-One `tf.train.Example` per image (`../shared/reference/modelgarden.md`): the original encoded image bytes, its
-size, `source_id` = str(COCO image id), and per object its box normalized to [0, 1] by the image size
-(`image/object/bbox/{xmin,xmax,ymin,ymax}`), the raw COCO category id (`class/label`) and name (`class/text`),
-`is_crowd`, `area`, and with masks one full-image PNG (values 0/1) per object.
+One `tf.train.Example` per image, as Model Garden's `official/vision/data/create_coco_tf_record.py` writes it:
+the original encoded image bytes, its size, `source_id` = str(COCO image id), and per object its box
+normalized to [0, 1] by the image size (`image/object/bbox/{xmin,xmax,ymin,ymax}`), the raw COCO category id
+(`class/label`) and name (`class/text`), `is_crowd`, `area`, and with masks one full-image PNG (values 0/1) per
+object.
 """
 import dataclasses
 import glob

@@ -49,7 +49,7 @@ class TwoStageDetector(keras.Model):
         self._dense_forward = self._features
         if config.runtime.jit_compile:
             # XLA compiles the dense part (most of the FLOPs); NMS and crop_and_resize, which have no XLA kernels,
-            # run between compiled parts (see ../shared/reference/keras3-distribute.md).
+            # run between compiled parts (tf.function(jit_compile=True) compiles everything it calls).
             self._dense_forward = tf.function(self._features, jit_compile=True, reduce_retracing=True)
 
     @property

@@ -1,7 +1,7 @@
 """RandomSampler (seed §2.5): a fixed-size, class-balanced random subset of the assigned boxes.
 
 MMDetection samples a variable number of boxes per image. Here the output always has `num` slots per image,
-with a validity mask, so that a batch keeps one static shape (DESIGN.md: shapes are static in training).
+with a validity mask, so that a batch keeps one static shape (shapes are static in training: README, "Conventions").
 """
 import tensorflow as tf
 
