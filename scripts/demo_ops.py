@@ -1,6 +1,6 @@
 """The foundation demonstration: every detection op of a two-stage detector, on one synthetic image.
 
-It reads a config (default: the seed's Mask R-CNN R50-FPN 1x), draws three shapes with instance masks,
+It reads a config (default: MMDetection's Mask R-CNN R50-FPN 1x), draws three shapes with instance masks,
 and runs the ops in the order a Mask R-CNN uses them: anchors → RPN assignment and sampling → proposals →
 R-CNN assignment and sampling → multilevel RoIAlign → mask targets → class-aware NMS → mask pasting.
 There is no network yet: the RPN and R-CNN "predictions" are the gt-derived ideal ones plus noise, which is

@@ -55,7 +55,7 @@ def test_mask_rcnn_config_has_seed_values():
     assert m.roi_head.bbox_roi_extractor.finest_scale == 56
     assert m.roi_head.mask_roi_extractor.roi_layer.output_size == 14
     assert m.roi_head.mask_head.num_convs == 4 and m.roi_head.mask_head.loss_mask.use_mask
-    # Static shapes: the seed's adaptive sampling_ratio 0 is shipped as 2.
+    # Static shapes: MMDetection's adaptive sampling_ratio 0 is shipped as 2.
     assert m.roi_head.bbox_roi_extractor.roi_layer.sampling_ratio == 2
     a = tr.rpn.assigner
     assert (a.pos_iou_thr, a.neg_iou_thr, a.min_pos_iou, a.ignore_iof_thr) == (0.7, 0.3, 0.3, -1)
@@ -77,7 +77,7 @@ def test_faster_rcnn_config_has_no_mask_branch():
     assert cfg.model.type == "FasterRCNN" and not cfg.model.with_mask
     assert cfg.model.roi_head.mask_head is None and cfg.model.roi_head.mask_roi_extractor is None
     assert cfg.evaluation.metric == ("bbox",)
-    # The seed's Faster R-CNN: no low-quality matches in R-CNN (MMDetection's Mask R-CNN has them).
+    # MMDetection's Faster R-CNN: no low-quality matches in R-CNN (MMDetection's Mask R-CNN has them).
     assert cfg.train_cfg.rcnn.assigner.match_low_quality is False
     assert load_config(MASK).train_cfg.rcnn.assigner.match_low_quality is True
     assert cfg.train_cfg.rpn.assigner.pos_iou_thr == 0.7 and cfg.train_cfg.rcnn.sampler.num == 512

@@ -4,7 +4,7 @@ A config is YAML whose keys are MMDetection's names (`model.rpn_head.anchor_gene
 `train_cfg.rcnn.sampler.num`, `test_cfg.rcnn.score_thr`, ...). `load_config` reads a file, merges its
 `_base_` files the way MMDetection's `Config` does, applies `--params_override` strings (`a.b=c,d.e=f`)
 and validates the result against the dataclasses below. The defaults of the dataclasses are the
-seed article's Mask R-CNN R50-FPN 1x values, so `Config()` is that model.
+MMDetection's Mask R-CNN R50-FPN 1x values, so `Config()` is that model.
 
 Validation is generic: it follows each field's type (`Literal` choices, `Optional`, `Union`, `Tuple`,
 nested dataclasses); the few checks on values live in each section's `_checks`. Every failure is a
@@ -550,7 +550,7 @@ class RuntimeCfg(_Section):
 
 @dataclass
 class Config(_Section):
-    """The whole tree; `Config()` is the seed's Mask R-CNN R50-FPN 1x on COCO."""
+    """The whole tree; `Config()` is MMDetection's Mask R-CNN R50-FPN 1x on COCO."""
     model: ModelCfg = _sub(ModelCfg)
     train_cfg: TrainCfg = _sub(TrainCfg)
     test_cfg: TestCfg = _sub(TestCfg)

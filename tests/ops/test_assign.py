@@ -5,7 +5,7 @@ from hypothesis import given, settings, strategies as st
 from tfrcnn.ops.assign import max_iou_assign
 from tfrcnn.ops.boxes import pairwise_iou
 
-RPN = dict(pos_iou_thr=0.7, neg_iou_thr=0.3, min_pos_iou=0.3)  # seed §2.4
+RPN = dict(pos_iou_thr=0.7, neg_iou_thr=0.3, min_pos_iou=0.3)  # MMDetection's RPN assigner
 
 
 def assign(anchors, gts, gt_valid=None, **kwargs):

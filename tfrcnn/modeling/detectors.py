@@ -1,4 +1,4 @@
-"""FasterRCNN and MaskRCNN: the two-stage detectors as `keras.Model`s (seed §2, §3).
+"""FasterRCNN and MaskRCNN: the two-stage detectors as `keras.Model`s.
 
     images ─ ResNet ─ FPN (P2–P6) ─ RPNHead ─┬─ RPN losses (anchors ▸ MaxIoUAssigner ▸ RandomSampler)
                                              └─ proposals (NMS per level ▸ top-k)

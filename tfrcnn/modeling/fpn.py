@@ -1,4 +1,4 @@
-"""FPN neck (seed §2.2): merges the backbone's C2..C5 top-down into P2..P5, plus extra coarser levels (P6).
+"""FPN neck: merges the backbone's C2..C5 top-down into P2..P5, plus extra coarser levels (P6).
 
 For the L backbone levels used (in_channels[start_level:]):
   lateral_i = lateral_convs_i(C_i)                          1×1 conv with bias

@@ -1,4 +1,4 @@
-"""ResNet backbone (seed §2.1): the C2..C5 feature maps the FPN reads, with PyTorch's exact geometry.
+"""ResNet backbone: the C2..C5 feature maps the FPN reads, with PyTorch's exact geometry.
 
 Stage i (0-based, torchvision's `layer{i+1}`) has stride 4·2^i and 64·2^i·expansion channels: (64, 128, 256,
 512) for depth 18/34 (BasicBlock) and (256, 512, 1024, 2048) for 50/101 (Bottleneck, expansion 4). A map of

@@ -1,4 +1,4 @@
-"""StandardRoIHead (seed §2.9, §3.1): RoI feature extraction, the box head and the mask head.
+"""StandardRoIHead: RoI feature extraction, the box head and the mask head.
 
 Training samples RoIs from the proposals (MaxIoUAssigner + RandomSampler, gt added as proposals), pools
 7×7 features for them from P2..P5 (SingleRoIExtractor), classifies and refines them (Shared2FCBBoxHead) and,
@@ -288,7 +288,7 @@ class StandardRoIHead(keras.layers.Layer):
         return rois, valid, positive, matched
 
     def losses(self, features, proposals, proposals_valid, gt_boxes, gt_classes, gt_masks, ignore_boxes, seed):
-        """R-CNN training losses (seed §2.9, §3.1) as (sum, count) pairs.
+        """R-CNN training losses as (sum, count) pairs.
 
         Note: this replaces Keras' `Layer.losses` property (the add_loss list) on this layer; a model's
         `losses` still works, since Keras collects sublayers' add_loss terms without this name.
@@ -391,7 +391,7 @@ class StandardRoIHead(keras.layers.Layer):
     # ------------------------------------------------------------------------------------------------ inference
 
     def predict(self, features, proposals, proposals_valid, image_size):
-        """Detections (seed §2.9 test logic; masks §3.1).
+        """Detections.
 
         Args:
           features: list of [B, H_l, W_l, C] FPN maps, finest first.

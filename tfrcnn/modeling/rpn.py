@@ -1,4 +1,4 @@
-"""RPNHead (seed §2.3–2.8): objectness and box deltas on every FPN level, their losses, and proposals.
+"""RPNHead: objectness and box deltas on every FPN level, their losses, and proposals.
 
 One head is shared by all levels: a 3×3 conv + ReLU, then two 1×1 convs. With A anchors per location:
 
@@ -132,7 +132,7 @@ class RPNHead(keras.layers.Layer):
         return self.anchor_generator(tuple(image_shape), [spatial_size(f) for f in features])
 
     def losses(self, logits, deltas, anchors, gt_boxes, gt_classes, ignore_boxes, image_size, seed):
-        """RPN training losses (seed §2.4–2.7) as (sum, count) pairs.
+        """RPN training losses as (sum, count) pairs.
 
         Note: this replaces Keras' `Layer.losses` property (the add_loss list) on this layer; a model's
         `losses` still works, since Keras collects sublayers' add_loss terms without this name.
@@ -191,7 +191,7 @@ class RPNHead(keras.layers.Layer):
         return {"rpn_cls": (cls_sum, count), "rpn_bbox": (bbox_sum, count)}
 
     def get_proposals(self, logits, deltas, anchors, image_size, cfg):
-        """Proposals (seed §2.8): top-k per level, decode, clip, drop small boxes, NMS per level, top-k.
+        """Proposals: top-k per level, decode, clip, drop small boxes, NMS per level, top-k.
 
         Args:
           logits, deltas: `call`'s outputs; anchors: `anchors`' output (lists over levels).

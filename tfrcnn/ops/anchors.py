@@ -1,4 +1,4 @@
-"""AnchorGenerator (seed §2.4): dense anchors for every FPN level of a padded input image.
+"""MMDetection's AnchorGenerator: dense anchors for every FPN level of a padded input image.
 
 Anchors are [y1, x1, y2, x2] in padded-network-input pixels. Order, as in MMDetection and torchvision:
 levels in stride order; within a level, feature-map locations row-major; at each location the base

@@ -1,6 +1,6 @@
-"""MaxIoUAssigner (seed §2.4): labels each anchor or proposal positive, negative or ignored.
+"""MMDetection's MaxIoUAssigner: labels each anchor or proposal positive, negative or ignored.
 
-Results use MMDetection's `gt_inds` convention, so a reader of the seed finds the same numbers:
+Results use MMDetection's `gt_inds` convention, so a reader of MMDetection's code finds the same numbers:
   -1  ignored (between the thresholds, inside an ignore region, or padding),
    0  negative (background),
    k  positive, matched to gt box k - 1.

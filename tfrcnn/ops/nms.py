@@ -53,7 +53,7 @@ def _combined_nms(boxes, scores, iou_thr, score_thr, max_per_img):
 
 
 def multilevel_proposals(boxes, scores, nms_thr, max_per_img, nms_across_levels=False, valid=None):
-    """RPN proposal NMS (seed §2.8; torchvision's `filter_proposals`): NMS per level, then top-k.
+    """RPN proposal NMS (MMDetection's RPNHead; torchvision's `filter_proposals`): NMS per level, then top-k.
 
     Each FPN level is its own NMS "class", as MMDetection's and torchvision's `batched_nms` with level
     ids: a box can only suppress boxes of its own level. The survivors of all levels are then ranked

@@ -1,4 +1,4 @@
-"""RandomSampler (seed §2.5): a fixed-size, class-balanced random subset of the assigned boxes.
+"""MMDetection's RandomSampler: a fixed-size, class-balanced random subset of the assigned boxes.
 
 MMDetection samples a variable number of boxes per image. Here the output always has `num` slots per image,
 with a validity mask, so that a batch keeps one static shape (shapes are static in training: README, "Conventions").
@@ -89,7 +89,7 @@ def random_sample(gt_inds, num, pos_fraction, seed, neg_pos_ub=-1):
 
     Args:
       gt_inds: int32 [B, N] from `max_iou_assign` (k > 0 positive, 0 negative, -1 ignored: never sampled).
-      num: sample slots per image (256 for the RPN, 512 for the R-CNN in the seed).
+      num: sample slots per image (256 for the RPN, 512 for the R-CNN in MMDetection's configs).
       pos_fraction: the largest share of positives; negatives fill the rest of the `num` slots.
       seed: int tensor or tuple of shape [2] (image b then uses (seed[0], seed[1] + b)), or per-image seeds
         [B, 2]. The same seed gives the same sample; an image's sample depends only on its own seed.
