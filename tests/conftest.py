@@ -20,3 +20,12 @@ def _seeded():
     """Every test starts from the same Python, NumPy and TensorFlow/Keras random state: initial weights and
     random draws repeat from run to run, so a test that passes keeps passing."""
     keras.utils.set_random_seed(1234)
+
+
+@pytest.fixture
+def restores_op_determinism():
+    """TensorFlow's op determinism is process-wide: whatever the test switches, it is as before afterwards."""
+    from tensorflow.python.framework import config as tf_config
+    was = tf_config.is_op_determinism_enabled()
+    yield tf_config
+    (tf_config.enable_op_determinism if was else tf_config.disable_op_determinism)()

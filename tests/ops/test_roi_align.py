@@ -412,14 +412,9 @@ def test_crop_and_resize_gradient_is_exact_with_many_overlapping_boxes():
 
 
 @pytest.fixture
-def op_determinism():
-    """TensorFlow's op determinism on for one test (under it, the gradient is TensorFlow's kernel), off after."""
-    from tensorflow.python.framework import config as tf_config
-    was = tf_config.is_op_determinism_enabled()
+def op_determinism(restores_op_determinism):
+    """TensorFlow's op determinism on for one test (under it, the gradient is TensorFlow's kernel)."""
     tf.config.experimental.enable_op_determinism()
-    yield
-    if not was:
-        tf_config.disable_op_determinism()
 
 
 def test_kernel_gradient_under_op_determinism_only_without_a_gpu(op_determinism, monkeypatch):
@@ -430,15 +425,9 @@ def test_kernel_gradient_under_op_determinism_only_without_a_gpu(op_determinism,
     assert not R._kernel_gradient_is_exact()
 
 
-def test_segment_sum_gradient_without_op_determinism():
-    from tensorflow.python.framework import config as tf_config
-    was = tf_config.is_op_determinism_enabled()
-    tf_config.disable_op_determinism()
-    try:
-        assert not R._kernel_gradient_is_exact()
-    finally:
-        if was:
-            tf.config.experimental.enable_op_determinism()
+def test_segment_sum_gradient_without_op_determinism(restores_op_determinism):
+    restores_op_determinism.disable_op_determinism()
+    assert not R._kernel_gradient_is_exact()
 
 
 def test_kernel_gradient_matches_torchvision(op_determinism):

@@ -129,16 +129,6 @@ def test_the_chief_is_worker_0_unless_the_cluster_names_one(monkeypatch, tf_conf
     assert is_chief() is chief and task_name() == name
 
 
-@pytest.fixture
-def restores_op_determinism():
-    """configure_determinism turns TensorFlow's op determinism on for the process: switched back off afterwards."""
-    from tensorflow.python.framework import config as tf_config
-    was = tf_config.is_op_determinism_enabled()
-    yield
-    if not was:
-        tf_config.disable_op_determinism()
-
-
 def _detector_steps(config, steps=2):
     """Builds the config's detector after configure_determinism and trains `steps` steps on one synthetic batch:
     (losses, weights)."""

@@ -291,7 +291,7 @@ def crop_and_resize(image, boxes, box_indices, crop_size):
     def crop(image):
         def grad(upstream):
             if _kernel_gradient_is_exact():
-                # T float32: the kernel has no bfloat16 version (mixed_bfloat16 canvases)
+                # summed in float32 and cast back, as the segment sum does (a float16 canvas under mixed_float16)
                 return tf.cast(tf.raw_ops.CropAndResizeGradImage(
                     grads=tf.cast(upstream, tf.float32), boxes=boxes, box_ind=box_indices,
                     image_size=tf.shape(image), T=tf.float32), image.dtype)

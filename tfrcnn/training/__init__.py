@@ -6,4 +6,5 @@ from tfrcnn.training.schedule import WarmupStepSchedule, build_schedule
 from tfrcnn.training.trainer import configure_determinism
 
 __all__ = ["CustomLoop", "SGD", "WarmupStepSchedule", "add_weight_decay", "build_optimizer", "build_schedule",
-           "clip_gradients", "configure_determinism", "decay_multipliers", "make_strategy", "set_mixed_precision", "train_loop"]
+           "clip_gradients", "configure_determinism", "decay_multipliers", "make_strategy", "set_mixed_precision",
+           "train_loop"]
