@@ -24,8 +24,9 @@ stages does. `norm_eval` runs every BN on its moving statistics even when the mo
 `norm_cfg.requires_grad: false` keeps BN gamma/beta fixed. Setting `backbone.trainable = True` (e.g. through
 a parent model) re-applies these rules instead of unfreezing everything.
 
-A BN that trains on batch statistics (norm_eval false) runs TensorFlow's fused batch norm (`batch_norm_train`), which
-also updates moving_variance with the unbiased batch variance as PyTorch does (Keras' own layer uses the biased one).
+A BN that trains on batch statistics (norm_eval false) runs TensorFlow's fused batch norm (`batch_norm_train`) on
+statistics summed with PyTorch's precision, and updates moving_variance with the unbiased batch variance as PyTorch
+does (Keras' own layer uses the biased one).
 """
 import keras
 import tensorflow as tf
@@ -140,14 +141,44 @@ def conv_norm(conv, norm, x, training=None, relu=False):
     return tf.nn.relu(y) if relu else y
 
 
+def channel_moments(x):
+    """Per-channel mean and biased variance [C] of float32 NHWC `x`, summed with about PyTorch's precision.
+
+    TensorFlow's CPU reductions (tf.nn.moments, the fused batch norm's own statistics) accumulate the B·H·W
+    elements of a channel one after another: errors of 1e-5 (mean) and 1e-4 (variance) relative at the main job's
+    C2, against PyTorch's 1e-6. They flip ReLUs that sit that close to zero, and each flip moves a gradient
+    element by its whole value: per-layer gradients then differ from torchvision's float64 ones by up to 4e-4 in
+    cosine (tests/modeling/test_train_parity.py). Here the fused kernel takes the moments of each (column,
+    channel) over the B·H rows (x viewed as [1, B·H, 1, W·C]), and the law of total variance combines the W
+    columns: sums of at most max(B·H, W) terms, about 1e-7, for the price of one more pass over x (the fastest
+    of the ways tried: chained tf.reduce_sum calls take twice as long).
+    """
+    shape = tf.shape(x)
+    rows, columns = shape[0] * shape[1], shape[2] * shape[3]
+    ones = tf.ones([columns], tf.float32)
+    zeros = tf.zeros([columns], tf.float32)
+    _, mean, variance, _, _, _ = tf.raw_ops.FusedBatchNormV3(
+        x=tf.reshape(x, [1, rows, 1, columns]), scale=ones, offset=zeros, mean=zeros, variance=ones, epsilon=0.0,
+        exponential_avg_factor=1.0, data_format="NHWC", is_training=True)
+    n = tf.cast(rows, tf.float32)
+    mean = tf.reshape(mean, [shape[2], shape[3]])  # [W, C]
+    variance = tf.reshape(variance, [shape[2], shape[3]]) * ((n - 1.0) / n)  # the kernel's is unbiased
+    channel_mean = tf.reduce_mean(mean, axis=0)
+    return channel_mean, tf.reduce_mean(variance, axis=0) + tf.reduce_mean(
+        tf.math.squared_difference(mean, channel_mean), axis=0)
+
+
 def batch_norm_train(norm, x):
     """What `norm(x, training=True)` computes for a built keras BatchNormalization over the last axis of NHWC `x`, as
-    one fused kernel forward and one backward (TensorFlow's FusedBatchNormV3) instead of Keras' separate moments,
-    normalization and their gradients: a third of the BN time of a small model's training step on CPU.
+    one fused kernel forward and one backward (TensorFlow's FusedBatchNormV3 / FusedBatchNormGradV3) instead of
+    Keras' separate moments, normalization and their gradients: a third of the BN time of a small model's training
+    step on CPU.
 
     Normalizes with the batch statistics (biased variance) and updates the moving statistics with
     `momentum`, the variance term unbiased (n / (n - 1)) as PyTorch's BatchNorm2d does. Computes in float32 and
-    returns the layer's compute dtype, as the Keras layer does.
+    returns the layer's compute dtype, as the Keras layer does. Without a GPU the statistics are `channel_moments`
+    (the CPU kernels' own lose precision) and the kernels take them as given; on a GPU cuDNN computes them, with
+    its own (exact) reductions and saved state, which its backward kernel needs.
     """
     if norm.axis not in (-1, 3, [-1], [3]) or getattr(norm, "renorm", False):
         return norm(x, training=True)
@@ -155,13 +186,43 @@ def batch_norm_train(norm, x):
     f32 = lambda v: tf.cast(v, tf.float32)  # noqa: E731
     gamma = f32(norm.gamma) if norm.scale else tf.ones([channels], tf.float32)
     beta = f32(norm.beta) if norm.center else tf.zeros([channels], tf.float32)
-    y, mean, variance, _, _, _ = tf.raw_ops.FusedBatchNormV3(
-        x=f32(x), scale=gamma, offset=beta, mean=f32(norm.moving_mean), variance=f32(norm.moving_variance),
-        epsilon=norm.epsilon, exponential_avg_factor=1.0 - norm.momentum, data_format="NHWC", is_training=True)
-    # With exponential_avg_factor the kernel returns the updated moving averages themselves.
-    norm.moving_mean.assign(tf.stop_gradient(mean))
-    norm.moving_variance.assign(tf.stop_gradient(variance))
+    x = f32(x)
+    if tf.config.list_logical_devices("GPU"):
+        y, mean, variance, _, _, _ = tf.raw_ops.FusedBatchNormV3(
+            x=x, scale=gamma, offset=beta, mean=f32(norm.moving_mean), variance=f32(norm.moving_variance),
+            epsilon=norm.epsilon, exponential_avg_factor=1.0 - norm.momentum, data_format="NHWC", is_training=True)
+        # With exponential_avg_factor the kernel returns the updated moving averages themselves.
+    else:
+        batch_mean, batch_variance = channel_moments(x)
+        y = _normalize_with_batch_moments(x, gamma, beta, batch_mean, batch_variance, norm.epsilon)
+        n = tf.cast(tf.reduce_prod(tf.shape(x)[:3]), tf.float32)
+        unbiased = batch_variance * n / tf.maximum(n - 1.0, 1.0)
+        mean = norm.momentum * f32(norm.moving_mean) + (1.0 - norm.momentum) * batch_mean
+        variance = norm.momentum * f32(norm.moving_variance) + (1.0 - norm.momentum) * unbiased
+    norm.moving_mean.assign(tf.stop_gradient(tf.cast(mean, norm.moving_mean.dtype)))
+    norm.moving_variance.assign(tf.stop_gradient(tf.cast(variance, norm.moving_variance.dtype)))
     return tf.cast(y, norm.compute_dtype)
+
+
+def _normalize_with_batch_moments(x, gamma, beta, mean, variance, epsilon):
+    """(x - mean) / sqrt(variance + epsilon) · gamma + beta with the batch moments of x given: the fused kernels in
+    inference mode forward, and their training-mode backward (which differentiates through the moments too), whose
+    CPU kernel takes the saved batch mean and variance."""
+    mean, variance = tf.stop_gradient(mean), tf.stop_gradient(variance)
+
+    @tf.custom_gradient
+    def normalize(x, gamma, beta):
+        y, _, _, _, _, _ = tf.raw_ops.FusedBatchNormV3(
+            x=x, scale=gamma, offset=beta, mean=mean, variance=variance, epsilon=epsilon, data_format="NHWC",
+            is_training=False)
+
+        def grad(dy):
+            dx, dgamma, dbeta, _, _ = tf.raw_ops.FusedBatchNormGradV3(
+                y_backprop=dy, x=x, scale=gamma, reserve_space_1=mean, reserve_space_2=variance,
+                reserve_space_3=tf.zeros([0], tf.float32), epsilon=epsilon, data_format="NHWC", is_training=True)
+            return dx, dgamma, dbeta
+        return y, grad
+    return normalize(x, gamma, beta)
 
 
 class _ResidualBlock(keras.layers.Layer):
