@@ -163,3 +163,43 @@ def build_twin(settings):
                     mask_roi_pool=MultiScaleRoIAlign(levels, mask["output_size"], mask["sampling_ratio"]),
                     mask_head=MaskRCNNHeads(channels, mask["convs"], 1),
                     mask_predictor=MaskRCNNPredictor(mask["convs"][-1], mask["convs"][-1], classes))
+
+
+def copy_twin_weights(twin, model):
+    """Writes the twin's weights (and BN statistics) into the built tfrcnn `model` with tfrcnn's converter: both
+    then start from the same point. Returns the number of tensors written."""
+    from tfrcnn.convert.torchvision import load_detector
+    state = {k: v.detach().cpu().numpy() for k, v in twin.state_dict().items()}
+    return load_detector(model, state, source="the torchvision twin")
+
+
+def tfrcnn_batch(image_list, targets, max_instances):
+    """torchvision's batch after its transform (`images, targets = twin.transform(images, targets)`) as tfrcnn's
+    training batch, the same numbers: (images float32 [B, H, W, 3], targets dict of numpy arrays).
+
+    The images are already normalized and padded (zeros) by torchvision; boxes go from [x1, y1, x2, y2] to
+    [y1, x1, y2, x2] in the same padded-input pixels; the full-image masks are padded to [B, M, H, W] and framed by
+    `gt_mask_boxes` [0, 0, H, W] (tfrcnn.structures), so that tfrcnn reads the very masks torchvision reads.
+    """
+    import numpy as np
+    images = image_list.tensors.detach().permute(0, 2, 3, 1).cpu().numpy().astype(np.float32)
+    b, h, w = images.shape[:3]
+    boxes = np.zeros([b, max_instances, 4], np.float32)
+    classes = np.zeros([b, max_instances], np.int32)
+    with_mask = "masks" in targets[0]
+    masks = np.zeros([b, max_instances, h, w], np.float32) if with_mask else None
+    for i, t in enumerate(targets):
+        n = len(t["boxes"])
+        if n > max_instances:
+            raise ValueError(f"image {i} has {n} objects, more than max_instances {max_instances}")
+        boxes[i, :n] = t["boxes"].cpu().numpy()[:, [1, 0, 3, 2]]
+        classes[i, :n] = t["labels"].cpu().numpy()
+        if with_mask:
+            m = t["masks"].cpu().numpy()
+            masks[i, :n, :m.shape[1], :m.shape[2]] = m
+    batch = {"gt_boxes": boxes, "gt_classes": classes,
+             "image_size": np.array([list(s) for s in image_list.image_sizes], np.int32)}
+    if with_mask:
+        batch["gt_masks"] = masks
+        batch["gt_mask_boxes"] = np.tile(np.array([0, 0, h, w], np.float32), [b, max_instances, 1])
+    return images, batch

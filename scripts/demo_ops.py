@@ -96,7 +96,7 @@ def main(_):
          f"({', '.join(str(a.shape[0]) for a in level_anchors)})")
     a = cfg.train_cfg.rpn.assigner
     gt_inds, _, matched = max_iou_assign(anchors, gt_boxes, gt_valid, a.pos_iou_thr, a.neg_iou_thr, a.min_pos_iou,
-                                         a.match_low_quality, a.gt_max_assign_all)
+                                         a.match_low_quality, a.gt_max_assign_all, low_quality_gt=a.low_quality_gt)
     s = cfg.train_cfg.rpn.sampler
     _, valid, positive = random_sample(gt_inds, s.num, s.pos_fraction, (FLAGS.seed, 1), s.neg_pos_ub)
     counts = [int(tf.reduce_sum(tf.cast(gt_inds == v, tf.int32))) for v in (-1, 0)]
@@ -126,7 +126,8 @@ def main(_):
     if s.add_gt_as_proposals:
         rois, rois_valid = add_gt_as_proposals(proposals, proposals_valid, gt_boxes, gt_valid)
     gt_inds, _, matched = max_iou_assign(rois, gt_boxes, gt_valid, a.pos_iou_thr, a.neg_iou_thr, a.min_pos_iou,
-                                         a.match_low_quality, a.gt_max_assign_all, boxes_valid=rois_valid)
+                                         a.match_low_quality, a.gt_max_assign_all, boxes_valid=rois_valid,
+                                         low_quality_gt=a.low_quality_gt)
     if s.add_gt_as_proposals:
         gt_inds, matched = assign_gt_proposals_to_themselves(gt_inds, matched, gt_valid)
     index, valid, positive = random_sample(gt_inds, s.num, s.pos_fraction, (FLAGS.seed, 2), s.neg_pos_ub)

@@ -87,6 +87,9 @@ class NeckCfg(_Section):
     start_level: int = 0
     # False: P6 = max-pool(kernel 1, stride 2) of P5; otherwise a 3x3 stride-2 conv on C5 or on P5.
     add_extra_convs: Literal[False, "on_input", "on_output"] = False
+    # Conv weights at the start of training: "mmdet" Xavier uniform (MMDetection's FPN), "torchvision"
+    # kaiming_uniform_(a=1), i.e. U(+-sqrt(3 / fan_in)) (torchvision's FeaturePyramidNetwork); biases 0.
+    init: Literal["mmdet", "torchvision"] = "mmdet"
 
 
 @dataclass
@@ -186,6 +189,10 @@ class BBoxHeadCfg(_Section):
     reg_class_agnostic: bool = False  # false: 4 * num_classes regression outputs
     loss_cls: CrossEntropyLossCfg = _sub(CrossEntropyLossCfg)
     loss_bbox: BBoxLossCfg = _sub(BBoxLossCfg)
+    # Weights at the start of training: "mmdet" Xavier-uniform shared FCs, fc_cls N(0, 0.01), fc_reg N(0, 0.001),
+    # biases 0 (MMDetection's Shared2FCBBoxHead); "torchvision" PyTorch's nn.Linear defaults for all four
+    # (TwoMLPHead, FastRCNNPredictor): weights and biases U(+-1 / sqrt(fan_in)).
+    init: Literal["mmdet", "torchvision"] = "mmdet"
 
 
 @dataclass
@@ -196,6 +203,9 @@ class MaskHeadCfg(_Section):
     conv_out_channels: int = 256
     num_classes: int = 80
     loss_mask: CrossEntropyLossCfg = _sub(CrossEntropyLossCfg, use_mask=True)
+    # Kaiming-normal (fan_out) weights in both; biases 0 ("mmdet", MMDetection's FCNMaskHead), or for the
+    # upsample and conv_logits PyTorch's conv default U(+-1 / sqrt(fan_in)) ("torchvision": MaskRCNNPredictor).
+    init: Literal["mmdet", "torchvision"] = "mmdet"
 
 
 @dataclass
@@ -253,6 +263,9 @@ class AssignerCfg(_Section):
     gt_max_assign_all: bool = True  # all candidates tied for a gt's best IoU get that gt
     ignore_iof_thr: float = -1.0  # -1: no ignore regions
     ignore_wrt_candidates: bool = True
+    # The gt of a box that match_low_quality makes positive: "claiming", the gt whose best match it is (the last
+    # such gt; MMDetection), or "best", the box's own highest-IoU gt (torchvision's and Detectron2's Matcher).
+    low_quality_gt: Literal["claiming", "best"] = "claiming"
 
 
 @dataclass
@@ -282,11 +295,29 @@ class ProposalCfg(_Section):
 
 
 @dataclass
+class MaskTargetCfg(_Section):
+    """How a positive RoI's 28x28 mask target is read from its gt mask (RoIAlign of the mask on the RoI)."""
+    # true: sample points at bin fractions of the RoI in pixel-centre coordinates (aligned RoIAlign, MMDetection);
+    # false: torchvision's roi_align(aligned=False), RoI sides at least 1 px and half a pixel off.
+    aligned: bool = True
+    # Samples per bin side, averaged: k > 0 fixed, 0 adaptive, ceil(RoI side / mask_size) per RoI (MMDetection's
+    # and torchvision's roi_align on the gt masks); 1 reads each bin centre once.
+    sampling_ratio: int = 1
+    # Targets thresholded at 0.5 (MMDetection), or kept soft in [0, 1] (torchvision).
+    binarize: bool = True
+
+    def _checks(self):
+        if self.sampling_ratio < 0:
+            yield "sampling_ratio", f"{self.sampling_ratio}: must be 0 (adaptive) or a positive count"
+
+
+@dataclass
 class RCNNTrainCfg(_Section):
     # Mask R-CNN's as in MMDetection's mask_rcnn_r50_fpn; Faster R-CNN's base sets match_low_quality false.
     assigner: AssignerCfg = _sub(AssignerCfg, pos_iou_thr=0.5, neg_iou_thr=0.5, min_pos_iou=0.5)
     sampler: SamplerCfg = _sub(SamplerCfg, num=512, pos_fraction=0.25, add_gt_as_proposals=True)
     mask_size: int = 28
+    mask_target: MaskTargetCfg = _sub(MaskTargetCfg)
     pos_weight: float = -1.0
     # The RoIs the mask head trains on. 'positives': the sampled positives only, as MMDetection and torchvision do;
     # their number varies from step to step (the one dynamic dimension of the train step; in a batch, up to the

@@ -9,6 +9,9 @@ A training batch is `(images, targets)`:
   - `gt_classes`: int32 [B, M], 1..num_classes, 0 for padding (so `gt_classes > 0` is the validity mask);
   - `gt_masks`: [B, M, S, S] float32 (or uint8) in [0, 1], each gt mask cropped to its own gt box at S×S
     (Mask R-CNN only; S = `data.mask_crop_size`, 112 as Model Garden);
+  - `gt_mask_boxes`: float32 [B, M, 4], optional: the frame each gt mask covers, in padded-input pixels, when
+    the masks are not crops of their gt boxes (e.g. full-image masks, as torchvision's targets hold them: every
+    frame [0, 0, H, W] with S×S = H×W); absent, each mask covers its gt box;
   - `ignore_boxes`: float32 [B, K, 4], regions whose anchors/proposals are neither positive nor negative
     (COCO crowd boxes, with `ignore_iof_thr`); all-zero rows are padding (optional);
   - `image_size`: int32 [B, 2], each image's true (resized, unpadded) (height, width) in the padded input.
@@ -19,7 +22,7 @@ A training batch is `(images, targets)`:
 """
 import tensorflow as tf
 
-GT_BOXES, GT_CLASSES, GT_MASKS = "gt_boxes", "gt_classes", "gt_masks"
+GT_BOXES, GT_CLASSES, GT_MASKS, GT_MASK_BOXES = "gt_boxes", "gt_classes", "gt_masks", "gt_mask_boxes"
 IGNORE_BOXES, IMAGE_SIZE = "ignore_boxes", "image_size"
 # Evaluation batches only: the COCO image id (string), the original (h, w), and (resized / original) per axis.
 SOURCE_ID, ORIGINAL_SIZE, SCALE = "source_id", "original_size", "scale"

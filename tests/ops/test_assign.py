@@ -118,3 +118,20 @@ def test_under_tf_function_and_shared_anchors():
     gts = tf.constant([[[0, 0, 10, 10]], [[20, 20, 30, 30]]], tf.float32)
     fn = tf.function(lambda a, g: max_iou_assign(a, g, tf.ones([2, 1], tf.bool), **RPN)[0])
     np.testing.assert_array_equal(fn(anchors, gts), [[1, 0], [0, 1]])
+
+
+def test_low_quality_gt_claiming_against_best():
+    """A box that is one gt's best match but overlaps another gt more: MMDetection gives it to the gt that claims it,
+    torchvision's Matcher to its own best gt."""
+    anchors = [[0, 0, 10, 10],  # A: IoU 0.25 with G1 (G1's best), 0.6 with G2
+               [0, 0, 10, 6]]   # B: G2 itself (IoU 1), 10 / 200 = 0.05 with G1
+    gts = [[0, 5, 10, 20],      # G1, area 150: A ∩ G1 = 50, union 200
+           [0, 0, 10, 6]]       # G2, area 60: A ∩ G2 = 60, union 100
+    torchvision = dict(pos_iou_thr=0.7, neg_iou_thr=0.3, min_pos_iou=0.0)
+    gt_inds, max_overlaps, matched = assign(anchors, gts, **torchvision, low_quality_gt="claiming")
+    np.testing.assert_allclose(max_overlaps, [0.6, 1.0], rtol=1e-6)
+    assert gt_inds == [1, 2] and matched == [0, 1]  # A → G1, which claims it
+    gt_inds, _, matched = assign(anchors, gts, **torchvision, low_quality_gt="best")
+    assert gt_inds == [2, 2] and matched == [1, 1]  # A → G2, its highest IoU; positive all the same
+    gt_inds, _, _ = assign(anchors, gts, **RPN)  # MMDetection's min_pos_iou 0.3: A is no one's match, ignored
+    assert gt_inds == [-1, 2]

@@ -160,24 +160,44 @@ def test_targets_match_crop_and_resize_recipe(seed):
     np.testing.assert_allclose(out, crop_and_resize_targets(masks, frames, rois, index, 7), atol=1e-5)
 
 
+@pytest.mark.parametrize("aligned,sampling_ratio", [(True, 1), (True, 0), (False, 0), (False, 2)])
 @settings(max_examples=10, deadline=None)
 @given(seed=st.integers(0, 2**31 - 1))
-def test_targets_match_aligned_roi_align_on_full_image_masks(seed):
-    # A full-image mask is the frame [0, 0, H, W]. For RoIs inside the image, one sample per bin at its centre is
-    # RoIAlign(aligned=True, sampling_ratio=1), torchvision's (and mmcv's) kernel.
+def test_targets_match_roi_align_on_full_image_masks(seed, aligned, sampling_ratio):
+    # A full-image mask is the frame [0, 0, H, W]. For RoIs inside the image, the targets are torchvision's (and
+    # mmcv's) RoIAlign kernel on the mask: one sample per bin at its centre is aligned=True, sampling_ratio=1
+    # (tfrcnn's default); sampling_ratio 0 is the kernel's adaptive -1; aligned=False, sampling_ratio 0, soft, is
+    # torchvision's project_masks_on_boxes. RoIs down to a fraction of a pixel (aligned=False makes them 1 px).
     rng = np.random.default_rng(seed)
     H, W, M, R, S = 19, 23, 2, 6, 7
-    masks = (rng.uniform(0, 1, (1, M, H, W)) > 0.5).astype(np.float32)
+    masks = rng.uniform(0, 1, (1, M, H, W)).astype(np.float32)
     y = np.sort(rng.uniform(0, H, (R, 2)), axis=1)
     x = np.sort(rng.uniform(0, W, (R, 2)), axis=1)
-    rois = np.stack([y[:, 0], x[:, 0], y[:, 1], x[:, 1]], -1).astype(np.float32)
+    y[0, 1] = y[0, 0] + 0.3  # a sub-pixel RoI
+    rois = np.clip(np.stack([y[:, 0], x[:, 0], y[:, 1], x[:, 1]], -1), 0, [H, W, H, W]).astype(np.float32)
     index = rng.integers(0, M, R).astype(np.int32)
     frames = np.tile(np.array([0, 0, H, W], np.float32), (1, M, 1))
-    out = mask_targets(masks, frames, rois[None], index[None], mask_size=S, binarize=False).numpy()[0]
+    out = mask_targets(masks, frames, rois[None], index[None], mask_size=S, binarize=False, aligned=aligned,
+                       sampling_ratio=sampling_ratio).numpy()[0]
     torch_rois = torch.tensor(np.concatenate([index[:, None], rois[:, [1, 0, 3, 2]]], 1), dtype=torch.float32)
     ref = torchvision.ops.roi_align(torch.tensor(masks[0][:, None]), torch_rois, S, spatial_scale=1.0,
-                                    sampling_ratio=1, aligned=True)[:, 0].numpy()
+                                    sampling_ratio=sampling_ratio or -1, aligned=aligned)[:, 0].numpy()
     np.testing.assert_allclose(out, ref, atol=1e-5)
+
+
+def test_targets_adaptive_sampling_hand_computed():
+    # A 1-D ramp mask (value = column index) over a 4-px-wide RoI at mask_size 1: aligned RoIAlign with
+    # sampling_ratio 0 averages ceil(4 / 1) = 4 samples at x = 0.5, 1.5, 2.5, 3.5 in pixel-centre coordinates,
+    # i.e. columns 0, 1, 2, 3: (0 + 1 + 2 + 3) / 4 = 1.5; one sample (ratio 1) reads the centre x = 2, between
+    # columns 1 and 2: 1.5 as well, while torchvision's unaligned one reads x + 0.5 half a pixel on: 2.
+    ramp = np.tile(np.arange(8, dtype=np.float32), (2, 1))[None, None]  # [1, 1, 2, 8]
+    frames = np.array([[[0, 0, 2, 8]]], np.float32)
+    roi = np.array([[[0, 0, 2, 4]]], np.float32)
+    common = dict(mask_size=1, binarize=False)
+    adaptive = mask_targets(ramp, frames, roi, [[0]], sampling_ratio=0, **common).numpy()
+    unaligned = mask_targets(ramp, frames, roi, [[0]], aligned=False, sampling_ratio=1, **common).numpy()
+    np.testing.assert_allclose(adaptive, [[[[1.5]]]], atol=1e-6)
+    np.testing.assert_allclose(unaligned, [[[[2.0]]]], atol=1e-6)
 
 
 # ---------------------------------------------------------------------------------------------- paste_masks

@@ -110,7 +110,8 @@ class TwoStageDetector(keras.Model):
         proposals, _, valid = self.rpn_head.get_proposals(logits, deltas, anchors, image_size,
                                                           self.config.train_cfg.rpn_proposal)
         terms.update(self.roi_head.losses(features, proposals, valid, gt_boxes, gt_classes,
-                                          targets.get(structures.GT_MASKS), ignore, seeds + [RCNN_SEED_SALT, 0]))
+                                          targets.get(structures.GT_MASKS), ignore, seeds + [RCNN_SEED_SALT, 0],
+                                          gt_mask_boxes=targets.get(structures.GT_MASK_BOXES)))
         return terms
 
     # ------------------------------------------------------------------------------------------ training

@@ -95,8 +95,11 @@ class FPN(keras.layers.Layer):
         self.fpn_convs = fpn_convs
 
     def _conv(self, kernel, stride, name):
+        # torchvision's kaiming_uniform_(a=1): gain sqrt(2 / (1 + a^2)) = 1, bound sqrt(3 / fan_in).
+        init = {"mmdet": "glorot_uniform",
+                "torchvision": keras.initializers.VarianceScaling(1.0, mode="fan_in", distribution="uniform")}
         return PaddedConv2D(self.cfg.out_channels, kernel, strides=stride, pad=kernel // 2,
-                            kernel_initializer="glorot_uniform", bias_initializer="zeros",
+                            kernel_initializer=init[self.cfg.init], bias_initializer="zeros",
                             name=name, dtype=self.dtype_policy)
 
     def build(self, input_shape):

@@ -52,6 +52,19 @@ def _kaiming_fan_out():
     return keras.initializers.VarianceScaling(2.0, mode="fan_out", distribution="untruncated_normal")
 
 
+def _torch_bias(fan_in):
+    """PyTorch's default bias of nn.Linear and nn.Conv2d: U(+-1 / sqrt(fan_in))."""
+    bound = 1.0 / fan_in ** 0.5
+    return keras.initializers.RandomUniform(-bound, bound)
+
+
+def _torch_linear(fan_in):
+    """(kernel, bias) initializers of PyTorch's nn.Linear: kaiming_uniform_(a=sqrt(5)) is U(+-1 / sqrt(fan_in))
+    for the weight (VarianceScaling 1/3, fan_in, uniform: bound sqrt(3 * 1/3 / fan_in)), and the bias the same."""
+    return (keras.initializers.VarianceScaling(1.0 / 3.0, mode="fan_in", distribution="uniform"),
+            _torch_bias(fan_in))
+
+
 def _class_slice(x, labels, axis):
     """Per RoI, the entry of class `labels` (int [B, N] in 1..C; 0 reads class 1) along x's class axis.
 
@@ -79,15 +92,19 @@ class Shared2FCBBoxHead(keras.layers.Layer):
         super().__init__(name=name, **kwargs)
         self.cfg = cfg
         self.num_reg_classes = 1 if cfg.reg_class_agnostic else cfg.num_classes
-        fc = dict(activation="relu", kernel_initializer="glorot_uniform", bias_initializer="zeros",
-                  dtype=self.dtype_policy)
-        self.shared_fcs = [keras.layers.Dense(cfg.fc_out_channels, name=f"shared_fcs_{i}", **fc) for i in range(2)]
-        self.fc_cls = keras.layers.Dense(
-            cfg.num_classes + 1, kernel_initializer=keras.initializers.RandomNormal(stddev=0.01),
-            bias_initializer="zeros", name="fc_cls", dtype=self.dtype_policy)
-        self.fc_reg = keras.layers.Dense(
-            4 * self.num_reg_classes, kernel_initializer=keras.initializers.RandomNormal(stddev=0.001),
-            bias_initializer="zeros", name="fc_reg", dtype=self.dtype_policy)
+        if cfg.init == "torchvision":
+            fan_ins = [self.in_features, cfg.fc_out_channels, cfg.fc_out_channels, cfg.fc_out_channels]
+            inits = [_torch_linear(n) for n in fan_ins]
+        else:
+            normal = keras.initializers.RandomNormal
+            inits = [("glorot_uniform", "zeros")] * 2 + [(normal(stddev=0.01), "zeros"), (normal(stddev=0.001), "zeros")]
+        fc = dict(activation="relu", dtype=self.dtype_policy)
+        self.shared_fcs = [keras.layers.Dense(cfg.fc_out_channels, name=f"shared_fcs_{i}", kernel_initializer=k,
+                                              bias_initializer=b, **fc) for i, (k, b) in enumerate(inits[:2])]
+        self.fc_cls = keras.layers.Dense(cfg.num_classes + 1, kernel_initializer=inits[2][0],
+                                         bias_initializer=inits[2][1], name="fc_cls", dtype=self.dtype_policy)
+        self.fc_reg = keras.layers.Dense(4 * self.num_reg_classes, kernel_initializer=inits[3][0],
+                                         bias_initializer=inits[3][1], name="fc_reg", dtype=self.dtype_policy)
 
     @property
     def in_features(self):
@@ -138,12 +155,19 @@ class FCNMaskHead(keras.layers.Layer):
     def __init__(self, cfg: MaskHeadCfg, name="mask_head", **kwargs):
         super().__init__(name=name, **kwargs)
         self.cfg = cfg
-        common = dict(kernel_initializer=_kaiming_fan_out(), bias_initializer="zeros", dtype=self.dtype_policy)
+        common = dict(kernel_initializer=_kaiming_fan_out(), dtype=self.dtype_policy)
         self.convs = [keras.layers.Conv2D(cfg.conv_out_channels, 3, padding="same", activation="relu",
-                                          name=f"convs_{i}", **common) for i in range(cfg.num_convs)]
-        self.upsample = keras.layers.Conv2DTranspose(cfg.conv_out_channels, 2, strides=2, activation="relu",
-                                                     name="upsample", **common)
-        self.conv_logits = keras.layers.Conv2D(cfg.num_classes, 1, name="conv_logits", **common)
+                                          bias_initializer="zeros", name=f"convs_{i}", **common)
+                      for i in range(cfg.num_convs)]
+        # torchvision's MaskRCNNPredictor re-initializes only its weights: the biases keep PyTorch's conv default,
+        # U(+-1 / sqrt(fan_in)), with fan_in = out_channels * 2 * 2 for the transposed conv's (I, O, 2, 2) weight.
+        torch_bias = cfg.init == "torchvision"
+        self.upsample = keras.layers.Conv2DTranspose(
+            cfg.conv_out_channels, 2, strides=2, activation="relu", name="upsample",
+            bias_initializer=_torch_bias(cfg.conv_out_channels * 4) if torch_bias else "zeros", **common)
+        self.conv_logits = keras.layers.Conv2D(
+            cfg.num_classes, 1, name="conv_logits",
+            bias_initializer=_torch_bias(cfg.conv_out_channels) if torch_bias else "zeros", **common)
 
     def build(self, input_shape=None):
         """Creates the weights from the config (`input_shape`'s channels, if given, must match it)."""
@@ -278,7 +302,7 @@ class StandardRoIHead(keras.layers.Layer):
         gt_inds, _, matched = max_iou_assign(
             boxes, gt_boxes, gt_valid, a.pos_iou_thr, a.neg_iou_thr, a.min_pos_iou, a.match_low_quality,
             a.gt_max_assign_all, ignore_boxes, ignore_valid, a.ignore_iof_thr, a.ignore_wrt_candidates,
-            boxes_valid=boxes_valid)
+            boxes_valid=boxes_valid, low_quality_gt=a.low_quality_gt)
         if cfg.sampler.add_gt_as_proposals:
             gt_inds, matched = assign_gt_proposals_to_themselves(gt_inds, matched, gt_valid)
         s = cfg.sampler
@@ -287,7 +311,8 @@ class StandardRoIHead(keras.layers.Layer):
         matched = tf.gather(matched, indices, batch_dims=1)
         return rois, valid, positive, matched
 
-    def losses(self, features, proposals, proposals_valid, gt_boxes, gt_classes, gt_masks, ignore_boxes, seed):
+    def losses(self, features, proposals, proposals_valid, gt_boxes, gt_classes, gt_masks, ignore_boxes, seed,
+               gt_mask_boxes=None):
         """R-CNN training losses as (sum, count) pairs.
 
         Note: this replaces Keras' `Layer.losses` property (the add_loss list) on this layer; a model's
@@ -297,10 +322,12 @@ class StandardRoIHead(keras.layers.Layer):
           features: list of [B, H_l, W_l, C] FPN maps, finest first (P2..P6 or P2..P5).
           proposals: [B, N, 4] RPN proposals in padded-input pixels; proposals_valid: bool [B, N].
           gt_boxes: float32 [B, M, 4] in padded-input pixels; gt_classes: int32 [B, M] in 1..C, 0 = padding.
-          gt_masks: [B, M, h, w] in [0, 1], mask m cropped to gt_boxes[m]; None without a mask head.
+          gt_masks: [B, M, h, w] in [0, 1], mask m covering gt_mask_boxes[m]; None without a mask head.
           ignore_boxes: [B, K, 4] ignore regions (all-zero rows are padding), or None; used when the assigner's
             ignore_iof_thr > 0.
           seed: int32 [2], the stateless seed of the sampler.
+          gt_mask_boxes: [B, M, 4] the frame each gt mask covers, in padded-input pixels ([0, 0, H, W] for
+            full-image masks), or None: each mask is cropped to its gt box (what the data pipeline gives).
         Returns:
           {"rcnn_cls": (sum, count), "rcnn_bbox": (sum, count)} plus "mask" with a mask head: float32 scalars,
           sums already multiplied by their loss_weight; counts are MMDetection's avg_factors (sampled RoIs for
@@ -311,8 +338,10 @@ class StandardRoIHead(keras.layers.Layer):
         proposals = tf.stop_gradient(tf.cast(proposals, tf.float32))
         gt_boxes = tf.stop_gradient(tf.cast(gt_boxes, tf.float32))
         gt_classes = tf.cast(gt_classes, tf.int32)
+        gt_mask_boxes = gt_boxes if gt_mask_boxes is None else tf.cast(gt_mask_boxes, tf.float32)
         if gt_boxes.shape[1] == 0:  # one padding gt keeps the gathers below on a non-empty axis
             gt_boxes = tf.pad(gt_boxes, [[0, 0], [0, 1], [0, 0]])
+            gt_mask_boxes = tf.pad(gt_mask_boxes, [[0, 0], [0, 1], [0, 0]])
             gt_classes = tf.pad(gt_classes, [[0, 0], [0, 1]])
             if gt_masks is not None:
                 gt_masks = tf.pad(gt_masks, [[0, 0], [0, 1], [0, 0], [0, 0]])
@@ -343,13 +372,14 @@ class StandardRoIHead(keras.layers.Layer):
         if self.with_mask:
             if gt_masks is None:
                 raise ValueError("StandardRoIHead.losses: a mask head needs gt_masks")
-            losses["mask"] = self._mask_loss(features, rois, positive, labels, matched, gt_masks, gt_boxes,
+            losses["mask"] = self._mask_loss(features, rois, positive, labels, matched, gt_masks, gt_mask_boxes,
                                              pyramid)
         return losses
 
-    def _mask_loss(self, features, rois, positive, labels, matched, gt_masks, gt_boxes, pyramid=None):
+    def _mask_loss(self, features, rois, positive, labels, matched, gt_masks, gt_mask_boxes, pyramid=None):
         """Per-pixel BCE of the label's mask channel over the positive RoIs → (sum, count)."""
-        size = self.train_cfg.mask_size
+        size, t = self.train_cfg.mask_size, self.train_cfg.mask_target
+        target = dict(binarize=t.binarize, aligned=t.aligned, sampling_ratio=t.sampling_ratio)
         weight = self.cfg.mask_head.loss_mask.loss_weight
         flat = (self.train_cfg.mask_rois == "positives"
                 and self.cfg.mask_roi_extractor.roi_layer.type == "RoIAlign")
@@ -367,8 +397,8 @@ class StandardRoIHead(keras.layers.Layer):
                                                  image_indices=images)[None])[0]  # [P, 28, 28, C]
             logits = _class_slice(logits[None], labels[None], axis=4)[0]  # [P, 28, 28]
             pairs = tf.stack([images, matched], axis=1)
-            targets = mask_targets(tf.gather_nd(gt_masks, pairs)[None], tf.gather_nd(gt_boxes, pairs)[None],
-                                   rois[None], tf.range(tf.shape(rois)[0])[None], size, binarize=True)[0]
+            targets = mask_targets(tf.gather_nd(gt_masks, pairs)[None], tf.gather_nd(gt_mask_boxes, pairs)[None],
+                                   rois[None], tf.range(tf.shape(rois)[0])[None], size, **target)[0]
             bce = tf.nn.sigmoid_cross_entropy_with_logits(labels=targets, logits=logits)
             real = tf.cast(tf.range(tf.shape(where)[0]) < num, tf.float32)[:, None, None]
             count = tf.cast(num, tf.float32) * float(size * size)
@@ -382,7 +412,7 @@ class StandardRoIHead(keras.layers.Layer):
         rois, positive, labels, matched = rois[:, :p], positive[:, :p], labels[:, :p], matched[:, :p]
         logits = self.mask_head(self.extract(features, rois, self.cfg.mask_roi_extractor, pyramid))  # [B, P, 28, 28, C]
         logits = _class_slice(logits, labels, axis=4)  # [B, P, 28, 28]
-        targets = mask_targets(gt_masks, gt_boxes, rois, matched, size, binarize=True)
+        targets = mask_targets(gt_masks, gt_mask_boxes, rois, matched, size, **target)
         bce = tf.nn.sigmoid_cross_entropy_with_logits(labels=targets, logits=logits)
         bce = tf.where(positive[:, :, None, None], bce, 0.0)
         count = tf.reduce_sum(tf.cast(positive, tf.float32)) * float(size * size)

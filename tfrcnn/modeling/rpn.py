@@ -168,7 +168,8 @@ class RPNHead(keras.layers.Layer):
         gt_inds, _, matched = max_iou_assign(
             anchors, gt_boxes, gt_classes > 0, acfg.pos_iou_thr, acfg.neg_iou_thr, acfg.min_pos_iou,
             acfg.match_low_quality, acfg.gt_max_assign_all, ignore_boxes=ignore_boxes, ignore_valid=ignore_valid,
-            ignore_iof_thr=acfg.ignore_iof_thr, ignore_wrt_candidates=acfg.ignore_wrt_candidates, boxes_valid=inside)
+            ignore_iof_thr=acfg.ignore_iof_thr, ignore_wrt_candidates=acfg.ignore_wrt_candidates, boxes_valid=inside,
+            low_quality_gt=acfg.low_quality_gt)
         indices, valid, positive = random_sample(gt_inds, scfg.num, scfg.pos_fraction, seed, scfg.neg_pos_ub)
         valid_f, positive_f = tf.cast(valid, tf.float32), tf.cast(positive, tf.float32)
         count = tf.reduce_sum(valid_f)

@@ -14,7 +14,7 @@ IGNORED, NEGATIVE = -1, 0
 
 def max_iou_assign(boxes, gt_boxes, gt_valid, pos_iou_thr, neg_iou_thr, min_pos_iou=0.0, match_low_quality=True,
                    gt_max_assign_all=True, ignore_boxes=None, ignore_valid=None, ignore_iof_thr=-1.0,
-                   ignore_wrt_candidates=True, boxes_valid=None):
+                   ignore_wrt_candidates=True, boxes_valid=None, low_quality_gt="claiming"):
     """Assigns every box to a gt box, to background, or to nothing.
 
     Args:
@@ -31,6 +31,10 @@ def max_iou_assign(boxes, gt_boxes, gt_valid, pos_iou_thr, neg_iou_thr, min_pos_
         <= 0 disables it, as in MMDetection.
       ignore_wrt_candidates: IoF relative to the candidate's area (True) or to the ignore box's area.
       boxes_valid: optional bool [B, N]; False marks padded candidates (e.g. padded proposals): ignored.
+      low_quality_gt: the gt a box made positive by match_low_quality is matched to: "claiming", the gt whose best
+        match it is (MMDetection), or "best", the box's own highest-IoU gt (torchvision's and Detectron2's
+        Matcher, which only relabel such a box positive). They differ when a box is one gt's best match but
+        overlaps another gt more.
     Returns:
       gt_inds: int32 [B, N] in the convention of this module's docstring.
       max_overlaps: float32 [B, N], each box's best IoU with a real gt (0 when the image has none;
@@ -82,6 +86,11 @@ def max_iou_assign(boxes, gt_boxes, gt_valid, pos_iou_thr, neg_iou_thr, min_pos_
         # MMDetection loops over gts in order, so the last gt to claim a box keeps it.
         m_index = tf.range(1, tf.shape(overlaps)[2] + 1)
         last_claim = tf.maximum(tf.reduce_max(tf.where(claims, m_index[None, None, :], 0), axis=-1), 0)
-        gt_inds = tf.where(last_claim > 0, last_claim, gt_inds)
-        matched = tf.where(last_claim > 0, last_claim - 1, matched)
+        if low_quality_gt == "claiming":
+            gt_inds = tf.where(last_claim > 0, last_claim, gt_inds)
+            matched = tf.where(last_claim > 0, last_claim - 1, matched)
+        elif low_quality_gt == "best":
+            gt_inds = tf.where(last_claim > 0, matched + 1, gt_inds)
+        else:
+            raise ValueError(f"max_iou_assign: low_quality_gt {low_quality_gt!r}: expected 'claiming' or 'best'")
     return gt_inds, max_overlaps, matched

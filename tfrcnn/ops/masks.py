@@ -32,33 +32,56 @@ def _resample(images, row_weights, col_weights):
 
 # ---------------------------------------------------------------------------------------------- mask targets
 
-def _roi_grid_weights(r1, r2, f1, f2, mask_size, length):
-    """Weights [B, R, mask_size, length] sampling a mask of `length` pixels that covers the frame [f1, f2] at the
-    centres of `mask_size` bins over the RoI [r1, r2] (all [B, R], one axis of the same pixel frame)."""
-    t = (tf.range(mask_size, dtype=tf.float32) + 0.5) / mask_size
-    y = r1[..., None] + t * (r2 - r1)[..., None]  # bin centres, [B, R, mask_size]
-    f1, f2 = f1[..., None], f2[..., None]
+def _roi_grid_weights(r1, r2, f1, f2, mask_size, length, aligned=True, sampling_ratio=1):
+    """Weights [B, R, mask_size, length] sampling a mask of `length` pixels that covers the frame [f1, f2] over the
+    RoI [r1, r2] (all [B, R], one axis of the same pixel frame): each of the `mask_size` bins averages its samples.
+
+    aligned: the samples sit at (p + (g + 0.5) / G) * bin past r1, in pixel-centre coordinates (aligned RoIAlign);
+      false is roi_align(aligned=False), whose coordinates put pixel centres on integers: in this frame the samples
+      move half a pixel on, and the RoI side is at least 1 px.
+    sampling_ratio: G samples per bin; 0 is roi_align's adaptive ceil(RoI side / mask_size), per RoI.
+    """
+    extent = r2 - r1
+    if not aligned:
+        r1, extent = r1 + 0.5, tf.maximum(extent, 1.0)
+    bin_size = extent / mask_size  # [B, R]
+    if sampling_ratio > 0:
+        grid = tf.fill(tf.shape(r1), float(sampling_ratio))
+        most = sampling_ratio
+    else:  # at least one sample, as roi_align divides by max(G, 1) and reads nothing for an empty RoI
+        grid = tf.maximum(tf.math.ceil(extent / mask_size), 1.0)
+        most = tf.cast(tf.reduce_max(tf.concat([tf.reshape(grid, [-1]), [1.0]], 0)), tf.int32)
+    g = tf.range(most, dtype=tf.float32)  # [G]
+    t = tf.range(mask_size, dtype=tf.float32)[:, None] + (g + 0.5) / grid[..., None, None]  # [B, R, M, G]
+    y = r1[..., None, None] + t * bin_size[..., None, None]
+    used = tf.cast(g < grid[..., None, None], tf.float32) / grid[..., None, None]  # averaging weights, [B, R, M, G]
+    f1, f2 = f1[..., None, None], f2[..., None, None]
     length_f = tf.cast(length, tf.float32)
     # Mask pixel i covers [f1 + i * step, f1 + (i + 1) * step] and holds the value at its centre.
     u = (y - f1) * tf.math.divide_no_nan(length_f, f2 - f1) - 0.5
-    # The half pixel between the outermost centres and the frame border repeats the edge (RoIAlign clamps its
-    # samples); beyond the frame the object is absent, and a degenerate (padding) frame holds nothing.
-    inside = (y >= f1) & (y <= f2) & (f2 > f1)
-    weights = _tent(tf.clip_by_value(u, 0.0, length_f - 1.0), length)
-    return weights * tf.cast(inside, tf.float32)[..., None]
+    if aligned:
+        # The half pixel between the outermost centres and the frame border repeats the edge (RoIAlign clamps its
+        # samples); beyond the frame the object is absent, and a degenerate (padding) frame holds nothing.
+        inside = (y >= f1) & (y <= f2) & (f2 > f1)
+    else:  # roi_align's bilinear rule: 0 more than one pixel outside the mask, the edge pixel up to there
+        inside = (u >= -1.0) & (u <= length_f) & (f2 > f1)
+    weights = _tent(tf.clip_by_value(u, 0.0, length_f - 1.0), length)  # [B, R, M, G, length]
+    return tf.reduce_sum(weights * (used * tf.cast(inside, tf.float32))[..., None], axis=-2)
 
 
-def mask_targets(gt_masks, gt_mask_boxes, rois, roi_gt_index, mask_size=28, binarize=True, threshold=0.5):
+def mask_targets(gt_masks, gt_mask_boxes, rois, roi_gt_index, mask_size=28, binarize=True, threshold=0.5,
+                 aligned=True, sampling_ratio=1):
     """FCNMaskHead's targets: each positive RoI's gt mask resampled onto a mask_size × mask_size grid over the RoI.
 
-    Target pixel (p, q) is the gt mask at the RoI's bin centre (y1 + (p + 0.5) * h / mask_size, likewise x),
-    bilinearly interpolated between mask pixel centres, as aligned RoIAlign with one sample per bin does
-    (MMDetection; its adaptive sampling averages ceil(roi / mask_size) samples per bin instead).
+    By default target pixel (p, q) is the gt mask at the RoI's bin centre (y1 + (p + 0.5) * h / mask_size, likewise
+    x), bilinearly interpolated between mask pixel centres, as aligned RoIAlign with one sample per bin does
+    (MMDetection's adaptive sampling averages ceil(roi / mask_size) samples per bin: `sampling_ratio=0`).
+    torchvision's `project_masks_on_boxes` is `aligned=False, sampling_ratio=0, binarize=False` on full-image masks.
 
     Args:
       gt_masks: [B, M, h, w] float / uint8 / bool instance masks (values in [0, 1]); mask m of image b covers the
-        frame box gt_mask_boxes[b, m]: the gt box for masks cropped to it (the data pipeline crops to 112 × 112),
-        [0, 0, H, W] for full-image masks.
+        frame box gt_mask_boxes[b, m]: the gt box for masks cropped to it (the data pipeline crops to
+        data.mask_crop_size), [0, 0, H, W] for full-image masks.
       gt_mask_boxes: [B, M, 4] frame boxes in the padded network input's pixels. Zero-size boxes (padding) give
         empty masks.
       rois: [B, R, 4] positive RoIs in the same pixels.
@@ -67,9 +90,10 @@ def mask_targets(gt_masks, gt_mask_boxes, rois, roi_gt_index, mask_size=28, bina
       mask_size: side of the targets (28).
       binarize: threshold the targets (`>= threshold` → 1.0), as MMDetection does; else keep them soft, as
         torchvision does.
+      aligned, sampling_ratio: where each bin samples the mask and how many times (`_roi_grid_weights`).
     Returns:
       [B, R, mask_size, mask_size] float32 targets in the RoI's frame. Outside its frame box a mask is 0; within
-      half a mask pixel inside the border it repeats its edge pixel. No gradient flows back.
+      half a mask pixel inside the border it repeats its edge pixel (aligned). No gradient flows back.
     """
     gt_masks = tf.cast(gt_masks, tf.float32)
     index = tf.clip_by_value(tf.cast(roi_gt_index, tf.int32), 0, tf.shape(gt_masks)[1] - 1)
@@ -77,8 +101,8 @@ def mask_targets(gt_masks, gt_mask_boxes, rois, roi_gt_index, mask_size=28, bina
     frames = tf.gather(tf.cast(gt_mask_boxes, tf.float32), index, batch_dims=1)  # [B, R, 4]
     fy1, fx1, fy2, fx2 = tf.unstack(frames, 4, axis=-1)
     ry1, rx1, ry2, rx2 = tf.unstack(tf.cast(rois, tf.float32), 4, axis=-1)
-    rows = _roi_grid_weights(ry1, ry2, fy1, fy2, mask_size, _size(gt_masks, 2))
-    cols = _roi_grid_weights(rx1, rx2, fx1, fx2, mask_size, _size(gt_masks, 3))
+    rows = _roi_grid_weights(ry1, ry2, fy1, fy2, mask_size, _size(gt_masks, 2), aligned, sampling_ratio)
+    cols = _roi_grid_weights(rx1, rx2, fx1, fx2, mask_size, _size(gt_masks, 3), aligned, sampling_ratio)
     targets = tf.stop_gradient(_resample(masks, rows, cols))
     if binarize:
         targets = tf.cast(targets >= threshold, tf.float32)
