@@ -55,6 +55,34 @@ def training_sample(coco, image_id, image_dir, flip):
     return image, target
 
 
+def evaluate_twin(model, root, threshold):
+    """COCO AP {"bbox", "segm"} of the twin on the val split under `root` (masks kept where > threshold); 0 when it
+    detects nothing (a diverged model)."""
+    model.eval()
+    gt = COCO(os.path.join(root, "annotations", "instances_val.json"))
+    results = []
+    with torch.no_grad():
+        for i in gt.getImgIds():
+            info = gt.loadImgs(i)[0]
+            out = model([load_image(os.path.join(root, "val", info["file_name"]))])[0]
+            for b, s, label, m in zip(out["boxes"], out["scores"], out["labels"], out["masks"]):
+                rle = mask_util.encode(np.asfortranarray((m[0] > threshold).numpy().astype(np.uint8)))
+                rle["counts"] = rle["counts"].decode()
+                results.append({"image_id": i, "category_id": int(label), "score": float(s), "segmentation": rle,
+                                "bbox": [float(b[0]), float(b[1]), float(b[2] - b[0]), float(b[3] - b[1])]})
+    model.train()
+    ap = {"bbox": 0.0, "segm": 0.0}
+    if not results:  # pycocotools' loadRes fails on an empty list
+        print("no detections on the val split: AP 0", flush=True)
+    for iou_type in ap if results else ():
+        e = COCOeval(gt, gt.loadRes(results), iou_type)
+        e.evaluate()
+        e.accumulate()
+        e.summarize()
+        ap[iou_type] = e.stats[0]
+    return ap
+
+
 def lr_at(step, config, steps_per_epoch):
     """mmcv's step schedule with warmup, as tfrcnn.training.schedule computes it (0-based step)."""
     c = config.lr_config
@@ -108,27 +136,7 @@ def main():
             print(f"step {step} t={time.time() - began:.0f}s loss={loss.item():.3f} "
                   + " ".join(f"{k}={v.item():.3f}" for k, v in losses.items()), flush=True)
     train_s = time.time() - began
-    model.eval()
-    gt = COCO(os.path.join(root, "annotations", "instances_val.json"))
-    results, threshold = [], config.test_cfg.rcnn.mask_thr_binary
-    with torch.no_grad():
-        for i in gt.getImgIds():
-            info = gt.loadImgs(i)[0]
-            out = model([load_image(os.path.join(root, "val", info["file_name"]))])[0]
-            for b, s, label, m in zip(out["boxes"], out["scores"], out["labels"], out["masks"]):
-                rle = mask_util.encode(np.asfortranarray((m[0] > threshold).numpy().astype(np.uint8)))
-                rle["counts"] = rle["counts"].decode()
-                results.append({"image_id": i, "category_id": int(label), "score": float(s), "segmentation": rle,
-                                "bbox": [float(b[0]), float(b[1]), float(b[2] - b[0]), float(b[3] - b[1])]})
-    ap = {"bbox": 0.0, "segm": 0.0}
-    if not results:  # pycocotools' loadRes fails on an empty list (a diverged model detects nothing)
-        print("no detections on the val split: AP 0", flush=True)
-    for iou_type in ap if results else ():
-        e = COCOeval(gt, gt.loadRes(results), iou_type)
-        e.evaluate()
-        e.accumulate()
-        e.summarize()
-        ap[iou_type] = e.stats[0]
+    ap = evaluate_twin(model, root, config.test_cfg.rcnn.mask_thr_binary)
     print(json.dumps({"torchvision_bbox": ap["bbox"], "torchvision_segm": ap["segm"], "steps": steps,
                       "train_s": round(train_s, 1), "s_per_step": round(train_s / steps, 4),
                       "params_override": args.params_override, "seed": args.seed}))

@@ -27,8 +27,11 @@ them too (a few thousand parameters: no measurable work).
 
 What torchvision cannot express is refused with a ValueError naming the key (an RPN conv wider or narrower than
 its input, FPN extra convs, other than 5 pyramid levels, RoIPool). Differences in arithmetic that do not change
-the work (RoIAlign `aligned`, L1 against smooth L1, the box coder's clamps) are not carried over: the twin is a
-reference for speed and for learning, not a numerical copy (tests/torchvision_detection.py is that).
+the work (RoIAlign `aligned`, L1 against smooth L1, the box coder's clamps) are not carried over: they are
+torchvision's own whatever the config says; a config with torchvision's behaviours
+(configs/torchvision/mask_rcnn_r18_fpn_shapes.yaml) computes what the twin computes. `copy_twin_weights` gives a
+tfrcnn model the twin's weights, and `tfrcnn_batch` turns the twin's transformed batch into tfrcnn's, so that both
+can train on the same numbers (tests/modeling/test_train_parity.py, benchmarks/train_parity.py).
 """
 
 
