@@ -16,8 +16,14 @@ torchvision's transform once, and gives the very same tensors to every model (tf
 `gt_mask_boxes`). The optimizer, clip and lr schedule are the config's in both libraries. Losses are averaged over
 each 50 steps; at the end each model is evaluated on the val split by its own library's inference (COCO AP). A
 model whose loss turns NaN or inf stops there and is reported as diverged.
+
+`--draws K` trains each model K times from the same initial weights on the same batches, each with its own sampler
+draws: how far a library lands from itself, the yardstick for the gap between the two. `--cross_eval` also
+evaluates the trained twin's weights by tfrcnn's inference, which tells a difference in training from one in
+inference.
 """
 import argparse
+import copy
 import json
 import math
 import os
@@ -66,6 +72,14 @@ def main():
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--output", default=None, help="also write the JSON result here")
     parser.add_argument("--max_steps", type=int, default=None, help="stop after this many steps (a smoke run)")
+    parser.add_argument("--draws", type=int, default=1,
+                        help="train each model this many times from the same initial weights on the same batches, "
+                             "each with its own sampler draws (torchvision: torch's RNG as it comes; tfrcnn: "
+                             "runtime.seed + k): the spread of a library against itself, the yardstick for the gap "
+                             "between the two")
+    parser.add_argument("--cross_eval", action="store_true",
+                        help="also evaluate the trained twin's weights by tfrcnn's inference (each recipe's "
+                             "test_cfg): tells a difference in training from one in inference")
     args = parser.parse_args()
 
     import tensorflow as tf
@@ -93,8 +107,7 @@ def main():
     torch.manual_seed(args.seed)
     rng = random.Random(args.seed)
 
-    twin = build_twin(settings)
-    twin_optimizer = build_optimizer(settings, twin)
+    twin = build_twin(settings).train()
     clip = settings["optimizer"]["grad_clip"]
     from pycocotools.coco import COCO
     coco = COCO(shapes.train_annotations)
@@ -105,18 +118,26 @@ def main():
     if args.max_steps is not None:
         steps = min(steps, args.max_steps)
 
-    models = {}
+    suffix = lambda k: "" if k == 0 else f"_draw{k}"  # noqa: E731
+    twins = {}
+    for k in range(args.draws):  # copies before any step: the same initial weights
+        draw = twin if k == 0 else copy.deepcopy(twin)
+        twins["torchvision" + suffix(k)] = (draw, build_optimizer(settings, draw))
+    models, run_configs = {}, {}
     for name, c in configs.items():
-        model = tfrcnn.build_model(c, build_size=(side, side))
-        copy_twin_weights(twin, model)
-        model.compile(optimizer=build_tfrcnn_optimizer(c, steps_per_epoch, model))
-        models[name] = model
-    runs = ["torchvision"] + [f"tfrcnn_{name}" for name in recipes]
+        for k in range(args.draws):
+            run = f"tfrcnn_{name}" + suffix(k)
+            run_configs[run] = c if k == 0 else load_recipe(
+                name, args.config_file, overrides + [f"runtime.seed={c.runtime.seed + k}"])
+            model = tfrcnn.build_model(run_configs[run], build_size=(side, side))
+            copy_twin_weights(twin, model)
+            model.compile(optimizer=build_tfrcnn_optimizer(run_configs[run], steps_per_epoch, model))
+            models[run] = model
+    runs = list(twins) + list(models)
     sums = {r: {k: 0.0 for k in list(LOSSES) + ["loss"]} for r in runs}
     curves = {r: [] for r in runs}
     diverged = {r: None for r in runs}
     seconds = {r: 0.0 for r in runs}
-    twin.train()
     order = []
     print(f"{steps} steps of {batch} images; seed {args.seed}; recipes {recipes}; "
           f"params_override {args.params_override}", flush=True)
@@ -130,26 +151,27 @@ def main():
             image_list, batch_targets = twin.transform(images, targets)
         np_images, np_targets = tfrcnn_batch(image_list, batch_targets, config.data.max_instances)
 
-        if diverged["torchvision"] is None:
+        for run, (tv, tv_optimizer) in twins.items():
+            if diverged[run] is not None:
+                continue
             began = time.perf_counter()
-            for group in twin_optimizer.param_groups:
+            for group in tv_optimizer.param_groups:
                 group["lr"] = lr_at(step, config, steps_per_epoch)
-            losses = twin(images, targets)
+            losses = tv(images, targets)
             loss = sum(losses.values())
             if math.isfinite(loss.item()):
-                twin_optimizer.zero_grad()
+                tv_optimizer.zero_grad()
                 loss.backward()
                 if clip is not None:
-                    torch.nn.utils.clip_grad_norm_([p for p in twin.parameters() if p.requires_grad], clip)
-                twin_optimizer.step()
+                    torch.nn.utils.clip_grad_norm_([p for p in tv.parameters() if p.requires_grad], clip)
+                tv_optimizer.step()
                 for ours, theirs in LOSSES.items():
-                    sums["torchvision"][ours] += losses[theirs].item()
-                sums["torchvision"]["loss"] += loss.item()
+                    sums[run][ours] += losses[theirs].item()
+                sums[run]["loss"] += loss.item()
             else:
-                diverged["torchvision"] = step
-            seconds["torchvision"] += time.perf_counter() - began
-        for name, model in models.items():
-            run = f"tfrcnn_{name}"
+                diverged[run] = step
+            seconds[run] += time.perf_counter() - began
+        for run, model in models.items():
             if diverged[run] is not None:
                 continue
             began = time.perf_counter()
@@ -178,17 +200,21 @@ def main():
               "config_file": os.path.relpath(args.config_file, REPO), "window": WINDOW, "curves": curves,
               "diverged_at": diverged,
               "s_per_step": {r: round(seconds[r] / max(steps, 1), 4) for r in runs}, "ap": {}}
-    ap = evaluate_twin(twin, args.shapes_dir, config.test_cfg.rcnn.mask_thr_binary) \
-        if diverged["torchvision"] is None else {"bbox": 0.0, "segm": 0.0}
-    result["ap"]["torchvision"] = ap
-    for name, model in models.items():
-        run = f"tfrcnn_{name}"
+    for run, (tv, _) in twins.items():
+        ap = evaluate_twin(tv, args.shapes_dir, config.test_cfg.rcnn.mask_thr_binary) \
+            if diverged[run] is None else {"bbox": 0.0, "segm": 0.0}
+        result["ap"][run] = {t: round(v, 4) for t, v in ap.items()}
+    for run, model in models.items():
         if diverged[run] is not None:
             result["ap"][run] = {"bbox": 0.0, "segm": 0.0}
             continue
-        metrics = evaluate(configs[name], model, split="val", progress=False)
+        metrics = evaluate(run_configs[run], model, split="val", progress=False)
         result["ap"][run] = {t: round(metrics[t]["AP"], 4) for t in ("bbox", "segm")}
-    result["ap"]["torchvision"] = {t: round(v, 4) for t, v in ap.items()}
+    for name in configs if args.cross_eval and diverged["torchvision"] is None else ():
+        model = tfrcnn.build_model(configs[name], build_size=(side, side))
+        copy_twin_weights(twin, model)
+        metrics = evaluate(configs[name], model, split="val", progress=False)
+        result["ap"][f"torchvision_by_tfrcnn_{name}"] = {t: round(metrics[t]["AP"], 4) for t in ("bbox", "segm")}
     print(json.dumps(result), flush=True)
     if args.output:
         with open(args.output, "w") as f:
