@@ -118,7 +118,9 @@ def main():
     if args.max_steps is not None:
         steps = min(steps, args.max_steps)
 
-    suffix = lambda k: "" if k == 0 else f"_draw{k}"  # noqa: E731
+    def suffix(k):
+        return "" if k == 0 else f"_draw{k}"
+
     twins = {}
     for k in range(args.draws):  # copies before any step: the same initial weights
         draw = twin if k == 0 else copy.deepcopy(twin)
@@ -204,17 +206,18 @@ def main():
         ap = evaluate_twin(tv, args.shapes_dir, config.test_cfg.rcnn.mask_thr_binary) \
             if diverged[run] is None else {"bbox": 0.0, "segm": 0.0}
         result["ap"][run] = {t: round(v, 4) for t, v in ap.items()}
+    def tfrcnn_ap(c, model):
+        metrics = evaluate(c, model, split="val", progress=False)
+        return {t: round(metrics[t]["AP"], 4) for t in ("bbox", "segm")}
+
     for run, model in models.items():
-        if diverged[run] is not None:
-            result["ap"][run] = {"bbox": 0.0, "segm": 0.0}
-            continue
-        metrics = evaluate(run_configs[run], model, split="val", progress=False)
-        result["ap"][run] = {t: round(metrics[t]["AP"], 4) for t in ("bbox", "segm")}
-    for name in configs if args.cross_eval and diverged["torchvision"] is None else ():
-        model = tfrcnn.build_model(configs[name], build_size=(side, side))
-        copy_twin_weights(twin, model)
-        metrics = evaluate(configs[name], model, split="val", progress=False)
-        result["ap"][f"torchvision_by_tfrcnn_{name}"] = {t: round(metrics[t]["AP"], 4) for t in ("bbox", "segm")}
+        result["ap"][run] = {"bbox": 0.0, "segm": 0.0} if diverged[run] is not None else \
+            tfrcnn_ap(run_configs[run], model)
+    if args.cross_eval and diverged["torchvision"] is None:
+        for name, c in configs.items():
+            model = tfrcnn.build_model(c, build_size=(side, side))
+            copy_twin_weights(twin, model)
+            result["ap"][f"torchvision_by_tfrcnn_{name}"] = tfrcnn_ap(c, model)
     print(json.dumps(result), flush=True)
     if args.output:
         with open(args.output, "w") as f:
