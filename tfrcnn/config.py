@@ -38,6 +38,12 @@ def _sub(cls, **kwargs):
 class _Section:
     """Behaviour shared by every config dataclass."""
 
+    # Keys MMDetection has and tfrcnn has not: {key: what to do instead}, for an error that says so.
+    _removed = {}
+    # {field: the values it takes, as `_in_range` reads them}: ">= 1", "> 0", "[0, 1]", "[0, 1)", "-1 or >= 0".
+    # A tuple field's every element is checked.
+    _ranges = {}
+
     def _checks(self):
         """Yields (key relative to this section, message) for values the field types cannot rule out."""
         return ()
@@ -60,6 +66,7 @@ class _Section:
 @dataclass
 class NormCfg(_Section):
     """`norm_cfg` of the backbone. A frozen BN is BN with `requires_grad: false` and `norm_eval: true`."""
+    _ranges = {"eps": ">= 0", "num_groups": ">= 1"}
     type: Literal["BN", "GN"] = "BN"
     requires_grad: bool = True
     eps: float = 1.0e-5  # torchvision's COCO detection checkpoints use 0.0 (overwrite_eps on load)
@@ -68,6 +75,7 @@ class NormCfg(_Section):
 
 @dataclass
 class BackboneCfg(_Section):
+    _ranges = {"num_stages": "[1, 4]", "out_indices": "[0, 3]", "frozen_stages": "[-1, 4]"}
     type: Literal["ResNet"] = "ResNet"
     depth: Literal[18, 34, 50, 101] = 50
     num_stages: int = 4
@@ -80,6 +88,7 @@ class BackboneCfg(_Section):
 
 @dataclass
 class NeckCfg(_Section):
+    _ranges = {"in_channels": ">= 1", "out_channels": ">= 1", "num_outs": ">= 1", "start_level": ">= 0"}
     type: Literal["FPN"] = "FPN"
     in_channels: Tuple[int, ...] = (256, 512, 1024, 2048)
     out_channels: int = 256
@@ -94,6 +103,8 @@ class NeckCfg(_Section):
 
 @dataclass
 class AnchorGeneratorCfg(_Section):
+    _ranges = {"scales": "> 0", "ratios": "> 0", "strides": ">= 1", "base_sizes": ">= 1",
+               "octave_base_scale": "> 0", "scales_per_octave": ">= 1", "center_offset": "[0, 1)"}
     type: Literal["AnchorGenerator"] = "AnchorGenerator"
     scales: Optional[Tuple[float, ...]] = (8.0,)  # multiples of the base size: 8 * stride 4 = 32 px on P2
     ratios: Tuple[float, ...] = (0.5, 1.0, 2.0)  # h / w
@@ -118,6 +129,7 @@ class AnchorGeneratorCfg(_Section):
 
 @dataclass
 class BBoxCoderCfg(_Section):
+    _ranges = {"target_stds": "> 0", "wh_ratio_clip": "(0, 1]"}
     type: Literal["DeltaXYWHBBoxCoder"] = "DeltaXYWHBBoxCoder"
     target_means: Tuple[float, float, float, float] = (0.0, 0.0, 0.0, 0.0)  # (dx, dy, dw, dh)
     target_stds: Tuple[float, float, float, float] = (1.0, 1.0, 1.0, 1.0)  # torchvision weights = 1 / stds
@@ -127,18 +139,38 @@ class BBoxCoderCfg(_Section):
 
 @dataclass
 class CrossEntropyLossCfg(_Section):
+    """MMDetection's CrossEntropyLoss. Its two flags pick the loss, and each head implements one: the RPN's
+    objectness is sigmoid (use_sigmoid true), the box head's classes softmax (both false), the mask head's
+    per-pixel binary cross-entropy on the gt class's channel (use_mask true). The heads' own sections below fix
+    them to that value, so an MMDetection config ports as it is and another value is an error, not ignored."""
+    _ranges = {"loss_weight": ">= 0"}
     type: Literal["CrossEntropyLoss"] = "CrossEntropyLoss"
-    use_sigmoid: bool = False  # binary cross-entropy per class (RPN objectness) instead of softmax
-    use_mask: bool = False  # per-pixel binary cross-entropy on the gt class's mask channel
+    use_sigmoid: bool = False
+    use_mask: bool = False
     loss_weight: float = 1.0
 
-    def _checks(self):
-        if self.use_sigmoid and self.use_mask:
-            yield "use_mask", "use_sigmoid and use_mask cannot both be true"
+
+@dataclass
+class RPNLossClsCfg(CrossEntropyLossCfg):
+    use_sigmoid: Literal[True] = True  # a 2-class softmax RPN is not implemented
+    use_mask: Literal[False] = False
+
+
+@dataclass
+class BBoxLossClsCfg(CrossEntropyLossCfg):
+    use_sigmoid: Literal[False] = False  # softmax over num_classes + 1 (background); no sigmoid classifier
+    use_mask: Literal[False] = False
+
+
+@dataclass
+class MaskLossCfg(CrossEntropyLossCfg):
+    use_sigmoid: Literal[False] = False
+    use_mask: Literal[True] = True
 
 
 @dataclass
 class BBoxLossCfg(_Section):
+    _ranges = {"beta": "> 0", "loss_weight": ">= 0"}
     type: Literal["L1Loss", "SmoothL1Loss"] = "L1Loss"
     beta: float = 1.0  # SmoothL1Loss only; torchvision uses 1/9
     loss_weight: float = 1.0
@@ -146,17 +178,19 @@ class BBoxLossCfg(_Section):
 
 @dataclass
 class RPNHeadCfg(_Section):
+    _ranges = {"in_channels": ">= 1", "feat_channels": ">= 1"}
     type: Literal["RPNHead"] = "RPNHead"
     in_channels: int = 256
     feat_channels: int = 256
     anchor_generator: AnchorGeneratorCfg = _sub(AnchorGeneratorCfg)
     bbox_coder: BBoxCoderCfg = _sub(BBoxCoderCfg)
-    loss_cls: CrossEntropyLossCfg = _sub(CrossEntropyLossCfg, use_sigmoid=True)
+    loss_cls: RPNLossClsCfg = _sub(RPNLossClsCfg)
     loss_bbox: BBoxLossCfg = _sub(BBoxLossCfg)
 
 
 @dataclass
 class RoILayerCfg(_Section):
+    _ranges = {"output_size": ">= 1"}
     type: Literal["RoIAlign", "RoIPool"] = "RoIAlign"
     output_size: int = 7
     sampling_ratio: int = 2  # RoIAlign samples per bin and axis
@@ -171,6 +205,7 @@ class RoILayerCfg(_Section):
 
 @dataclass
 class RoIExtractorCfg(_Section):
+    _ranges = {"out_channels": ">= 1", "featmap_strides": ">= 1", "finest_scale": "> 0"}
     type: Literal["SingleRoIExtractor"] = "SingleRoIExtractor"
     roi_layer: RoILayerCfg = _sub(RoILayerCfg)
     out_channels: int = 256
@@ -180,6 +215,7 @@ class RoIExtractorCfg(_Section):
 
 @dataclass
 class BBoxHeadCfg(_Section):
+    _ranges = {"in_channels": ">= 1", "fc_out_channels": ">= 1", "roi_feat_size": ">= 1", "num_classes": ">= 1"}
     type: Literal["Shared2FCBBoxHead"] = "Shared2FCBBoxHead"
     in_channels: int = 256
     fc_out_channels: int = 1024
@@ -187,7 +223,7 @@ class BBoxHeadCfg(_Section):
     num_classes: int = 80  # without background
     bbox_coder: BBoxCoderCfg = _sub(BBoxCoderCfg, target_stds=(0.1, 0.1, 0.2, 0.2))
     reg_class_agnostic: bool = False  # false: 4 * num_classes regression outputs
-    loss_cls: CrossEntropyLossCfg = _sub(CrossEntropyLossCfg)
+    loss_cls: BBoxLossClsCfg = _sub(BBoxLossClsCfg)
     loss_bbox: BBoxLossCfg = _sub(BBoxLossCfg)
     # Weights at the start of training: "mmdet" Xavier-uniform shared FCs, fc_cls N(0, 0.01), fc_reg N(0, 0.001),
     # biases 0 (MMDetection's Shared2FCBBoxHead); "torchvision" PyTorch's nn.Linear defaults for all four
@@ -197,12 +233,13 @@ class BBoxHeadCfg(_Section):
 
 @dataclass
 class MaskHeadCfg(_Section):
+    _ranges = {"num_convs": ">= 0", "in_channels": ">= 1", "conv_out_channels": ">= 1", "num_classes": ">= 1"}
     type: Literal["FCNMaskHead"] = "FCNMaskHead"
     num_convs: int = 4
     in_channels: int = 256
     conv_out_channels: int = 256
     num_classes: int = 80
-    loss_mask: CrossEntropyLossCfg = _sub(CrossEntropyLossCfg, use_mask=True)
+    loss_mask: MaskLossCfg = _sub(MaskLossCfg)
     # Kaiming-normal (fan_out) weights in both; biases 0 ("mmdet", MMDetection's FCNMaskHead), or for the
     # upsample and conv_logits PyTorch's conv default U(+-1 / sqrt(fan_in)) ("torchvision": MaskRCNNPredictor).
     init: Literal["mmdet", "torchvision"] = "mmdet"
@@ -255,6 +292,8 @@ class ModelCfg(_Section):
 
 @dataclass
 class AssignerCfg(_Section):
+    _ranges = {"pos_iou_thr": "[0, 1]", "neg_iou_thr": "[0, 1]", "min_pos_iou": "[0, 1]",
+               "ignore_iof_thr": "-1 or [0, 1]"}
     type: Literal["MaxIoUAssigner"] = "MaxIoUAssigner"
     pos_iou_thr: float = 0.7
     neg_iou_thr: Union[float, Tuple[float, float]] = 0.3  # a [lo, hi) pair makes negatives an IoU band
@@ -270,6 +309,7 @@ class AssignerCfg(_Section):
 
 @dataclass
 class SamplerCfg(_Section):
+    _ranges = {"num": ">= 1", "pos_fraction": "[0, 1]", "neg_pos_ub": "-1 or >= 0"}
     type: Literal["RandomSampler"] = "RandomSampler"
     num: int = 256  # samples per image, positives + negatives
     pos_fraction: float = 0.5
@@ -278,15 +318,22 @@ class SamplerCfg(_Section):
 
 
 @dataclass
+class RPNSamplerCfg(SamplerCfg):
+    # The RPN samples anchors; gt boxes join the candidates only in the R-CNN stage (MMDetection's configs: false).
+    add_gt_as_proposals: Literal[False] = False
+
+
+@dataclass
 class RPNTrainCfg(_Section):
     assigner: AssignerCfg = _sub(AssignerCfg)
-    sampler: SamplerCfg = _sub(SamplerCfg)
+    sampler: RPNSamplerCfg = _sub(RPNSamplerCfg)
     allowed_border: int = -1  # -1: anchors crossing the image border are trained too
     pos_weight: float = -1.0  # -1: positives weigh 1
 
 
 @dataclass
 class ProposalCfg(_Section):
+    _ranges = {"nms_pre": ">= 1", "max_per_img": ">= 1", "nms_thr": "[0, 1]", "min_bbox_size": ">= 0"}
     nms_pre: int = 2000  # top-k per level before NMS
     max_per_img: int = 1000  # proposals kept per image after NMS
     nms_thr: float = 0.7
@@ -313,6 +360,7 @@ class MaskTargetCfg(_Section):
 
 @dataclass
 class RCNNTrainCfg(_Section):
+    _ranges = {"mask_size": ">= 1"}
     # Mask R-CNN's as in MMDetection's mask_rcnn_r50_fpn; Faster R-CNN's base sets match_low_quality false.
     assigner: AssignerCfg = _sub(AssignerCfg, pos_iou_thr=0.5, neg_iou_thr=0.5, min_pos_iou=0.5)
     sampler: SamplerCfg = _sub(SamplerCfg, num=512, pos_fraction=0.25, add_gt_as_proposals=True)
@@ -337,12 +385,14 @@ class TrainCfg(_Section):
 
 @dataclass
 class NMSCfg(_Section):
+    _ranges = {"iou_threshold": "[0, 1]"}
     type: Literal["nms"] = "nms"
     iou_threshold: float = 0.5
 
 
 @dataclass
 class RCNNTestCfg(_Section):
+    _ranges = {"score_thr": "[0, 1]", "max_per_img": ">= 1", "mask_thr_binary": "[0, 1]", "min_bbox_size": ">= 0"}
     score_thr: float = 0.05
     nms: NMSCfg = _sub(NMSCfg)
     max_per_img: int = 100
@@ -370,6 +420,7 @@ class TestCfg(_Section):
 
 @dataclass
 class ImgNormCfg(_Section):
+    _ranges = {"std": "> 0"}
     mean: Tuple[float, float, float] = (123.675, 116.28, 103.53)  # ImageNet RGB mean in 0..255
     std: Tuple[float, float, float] = (58.395, 57.12, 57.375)
     to_rgb: bool = True
@@ -381,6 +432,12 @@ class DatasetCfg(_Section):
     ann_file: Optional[str] = None  # COCO JSON: the source when `tfrecord` is null, and the evaluation's gt
     img_prefix: Optional[str] = None  # the image folder of `ann_file`
     tfrecord: Optional[str] = None  # a file pattern (glob) of TFRecord shards; read instead of ann_file + img_prefix
+    _removed = {"filter_empty_gt": "evaluation reads every image of its split; the key belongs to data.train"}
+
+
+@dataclass
+class TrainDatasetCfg(DatasetCfg):
+    _removed = {}
     filter_empty_gt: bool = True  # training skips images without a (non-crowd) gt box, as MMDetection
 
 
@@ -403,8 +460,11 @@ COCO_CLASSES = (
 
 @dataclass
 class DataCfg(_Section):
+    _ranges = {"samples_per_gpu": ">= 1", "size_divisor": ">= 1", "pad_size": ">= 1", "max_instances": ">= 1",
+               "mask_crop_size": ">= 1", "shuffle_buffer": ">= 1"}
+    _removed = {"workers_per_gpu": "tf.data picks its own parallelism (AUTOTUNE) for reading and decoding; "
+                                   "delete the key"}
     samples_per_gpu: int = 2
-    workers_per_gpu: int = 2
     # (long side max, short side max), as MMDetection. A list of such pairs trains multi-scale: with
     # multiscale_mode 'range' (two pairs) each image draws its long and short side uniformly between them (the
     # 3x ms-train: [[1333, 640], [1333, 800]]); with 'value' it draws one of the pairs. Evaluation resizes to
@@ -442,7 +502,7 @@ class DataCfg(_Section):
     corrupt_images: Literal["skip", "error"] = "skip"
     deterministic: bool = True  # tf.data yields in a fixed order (parallel maps still run in parallel)
     shuffle_buffer: int = 1000  # images; training only
-    train: DatasetCfg = _sub(DatasetCfg, ann_file="data/coco/annotations/instances_train2017.json",
+    train: TrainDatasetCfg = _sub(TrainDatasetCfg, ann_file="data/coco/annotations/instances_train2017.json",
                              img_prefix="data/coco/train2017/", tfrecord="data/coco/tfrecord/train-*.tfrecord")
     val: DatasetCfg = _sub(DatasetCfg, ann_file="data/coco/annotations/instances_val2017.json",
                            img_prefix="data/coco/val2017/", tfrecord="data/coco/tfrecord/val-*.tfrecord")
@@ -479,12 +539,14 @@ class DataCfg(_Section):
 
 @dataclass
 class ParamwiseCfg(_Section):
+    _ranges = {"norm_decay_mult": ">= 0", "bias_decay_mult": ">= 0"}
     norm_decay_mult: float = 1.0
     bias_decay_mult: float = 1.0
 
 
 @dataclass
 class OptimizerCfg(_Section):
+    _ranges = {"lr": "> 0", "momentum": "[0, 1)", "eps": "> 0", "weight_decay": ">= 0"}
     # SGD: PyTorch's SGD with coupled L2 decay; AdamW: PyTorch's AdamW, decoupled decay (tfrcnn.training.optimizer)
     type: Literal["SGD", "AdamW"] = "SGD"
     lr: float = 0.02  # SGD: for 16 images per step (8 GPUs x 2)
@@ -532,6 +594,7 @@ class OptimizerHookCfg(_Section):
 
 @dataclass
 class LrCfg(_Section):
+    _ranges = {"warmup_iters": ">= 0", "warmup_ratio": "(0, 1]", "step": ">= 1", "gamma": "> 0"}
     policy: Literal["step"] = "step"
     warmup: Optional[Literal["linear", "constant"]] = "linear"
     warmup_iters: int = 500
@@ -542,12 +605,14 @@ class LrCfg(_Section):
 
 @dataclass
 class RunnerCfg(_Section):
+    _ranges = {"max_epochs": ">= 1"}
     type: Literal["EpochBasedRunner"] = "EpochBasedRunner"
     max_epochs: int = 12
 
 
 @dataclass
 class CheckpointCfg(_Section):
+    _ranges = {"interval": ">= 1", "max_keep": ">= 1"}
     interval: int = 1  # epochs, or iterations with by_epoch false (MMDetection's CheckpointHook)
     by_epoch: bool = True
     max_keep: int = 5
@@ -555,11 +620,13 @@ class CheckpointCfg(_Section):
 
 @dataclass
 class LogCfg(_Section):
+    _ranges = {"interval": ">= 1"}
     interval: int = 50  # iterations
 
 
 @dataclass
 class EvaluationCfg(_Section):
+    _ranges = {"interval": ">= 1"}
     interval: int = 1  # epochs
     metric: Tuple[Literal["bbox", "segm"], ...] = ("bbox", "segm")
 
@@ -567,6 +634,7 @@ class EvaluationCfg(_Section):
 @dataclass
 class RuntimeCfg(_Section):
     """How a run executes: not in MMDetection's configs (there, launchers and `fp16 = dict(...)` decide)."""
+    _ranges = {"seed": ">= 0"}
     # one_device: `fit` on the first GPU (else the CPU); mirrored: `fit` over this host's GPUs;
     # multi_worker_mirrored: tfrcnn's own loop over the hosts TF_CONFIG names (Keras' `fit` fails there).
     strategy: Literal["one_device", "mirrored", "multi_worker_mirrored"] = "one_device"
@@ -709,6 +777,8 @@ def _convert(tp, value, key, origins):
         kinds = {type(a) for a in args}
         if len(kinds) == 1 and type(value) not in kinds:
             raise origins.error(key, f"expected {next(iter(kinds)).__name__}, got {_show(value)}")
+        if len(args) == 1:  # a key kept for MMDetection's configs, with the one value tfrcnn implements
+            raise origins.error(key, f"only {_scalar(args[0])} is implemented, got {_show(value)}")
         hint = _did_you_mean(value, [a for a in args if isinstance(a, str)]) if isinstance(value, str) else ""
         raise origins.error(key, f"expected one of {', '.join(map(_scalar, args))}, got {_show(value)}{hint}")
     elif origin is tuple:
@@ -734,6 +804,8 @@ def _build(cls, value, key, origins):
         raise origins.error(key, f"expected a mapping, got {_show(value)}")
     fields = {f.name: f for f in dataclasses.fields(cls)}
     for name in value:
+        if name in cls._removed:
+            raise origins.error(_join(key, name), f"not a tfrcnn key: {cls._removed[name]}")
         if name not in fields:
             raise origins.error(_join(key, name), _unknown_key(name, list(fields)))
     kwargs = {}
@@ -743,9 +815,30 @@ def _build(cls, value, key, origins):
         elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
             raise origins.error(_join(key, name), "required key is missing")
     obj = cls(**kwargs)
+    for name, rule in cls._ranges.items():
+        value = getattr(obj, name)
+        values = value if isinstance(value, tuple) else (value,)
+        if value is not None and not all(_in_range(v, rule) for v in _flatten(values)):
+            raise origins.error(_join(key, name), f"must be {rule}, got {_show(value)}")
     for name, message in obj._checks():
         raise origins.error(_join(key, name), message)
     return obj
+
+
+def _in_range(value, rule):
+    """Whether a number satisfies a `_ranges` rule: "-1 or <rule>", ">= a", "> a", or an interval "[a, b)"."""
+    if rule.startswith("-1 or "):
+        return value == -1 or _in_range(value, rule[len("-1 or "):])
+    if rule[0] in "[(":
+        lo, hi = (float(x) for x in rule[1:-1].split(","))
+        return (lo <= value if rule[0] == "[" else lo < value) and (value <= hi if rule[-1] == "]" else value < hi)
+    op, bound = rule.split()
+    return value >= float(bound) if op == ">=" else value > float(bound)
+
+
+def _flatten(values):
+    for v in values:
+        yield from (_flatten(v) if isinstance(v, tuple) else (v,))
 
 
 def _plain(value):
@@ -913,6 +1006,8 @@ def apply_overrides(tree, overrides, source=OVERRIDE_SOURCE, schema=Config, orig
             if cls is None:
                 raise ConfigError(f"{source}: {key}: unknown key ({'.'.join(parts[:i])} is a value, not a section)")
             hints = _hints(cls)
+            if name in cls._removed:
+                raise ConfigError(f"{source}: {key}: not a tfrcnn key: {cls._removed[name]}")
             if name not in hints:
                 raise ConfigError(f"{source}: {key}: {_unknown_key(name, list(hints))}")
             if i == len(parts) - 1:

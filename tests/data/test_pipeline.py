@@ -18,7 +18,8 @@ MEAN, STD = np.array([123.675, 116.28, 103.53]), np.array([58.395, 57.12, 57.375
 
 def make_config(train, val=None, with_mask=True, **data):
     data = {"img_scale": [96, 64], "pad_size": [96, 96], "max_instances": 6, "mask_crop_size": CROP,
-            "samples_per_gpu": 2, "category_ids": CATEGORY_IDS, "classes": None, "train": train, "val": val or train, **data}
+            "samples_per_gpu": 2, "category_ids": CATEGORY_IDS, "classes": None, "train": train,
+            "val": val or {k: v for k, v in train.items() if k != "filter_empty_gt"}, **data}
     roi_head = {"bbox_head": {"num_classes": 3}, "mask_head": {"num_classes": 3}}
     model = {"roi_head": roi_head}
     if not with_mask:

@@ -21,6 +21,25 @@ from tfrcnn.modeling.rpn import RPNHead
 RPN_SEED_SALT, RCNN_SEED_SALT = 0, 1 << 20  # keep the two samplers' noise apart
 
 
+def _check_channels(m, backbone_channels):
+    """Raises ValueError when two sections disagree on the channels of the maps one hands the other: every
+    channel count MMDetection's configs spell out (the FPN's inputs, the RPN's, the RoI extractors' outputs and
+    the heads' inputs) must be the one those maps have."""
+    links = [("backbone", list(backbone_channels), "neck.in_channels", list(m.neck.in_channels)),
+             ("neck.out_channels", m.neck.out_channels, "rpn_head.in_channels", m.rpn_head.in_channels)]
+    roi = m.roi_head
+    for kind in ("bbox", "mask") if m.with_mask else ("bbox",):
+        extractor, head = getattr(roi, f"{kind}_roi_extractor"), getattr(roi, f"{kind}_head")
+        links += [("neck.out_channels", m.neck.out_channels, f"roi_head.{kind}_roi_extractor.out_channels",
+                   extractor.out_channels),
+                  (f"roi_head.{kind}_roi_extractor.out_channels", extractor.out_channels,
+                   f"roi_head.{kind}_head.in_channels", head.in_channels)]
+    for source, given, key, expected in links:
+        if given != expected:
+            raise ValueError(f"model.{key} is {expected}, but model.{source} gives maps of {given} channels: "
+                             f"set model.{key} to {given}")
+
+
 class TwoStageDetector(keras.Model):
     """Backbone + FPN + RPN + StandardRoIHead, configured by a `tfrcnn.config.Config`.
 
@@ -37,6 +56,7 @@ class TwoStageDetector(keras.Model):
         self.config = config
         m = config.model
         self.backbone = ResNet(m.backbone, name="backbone")
+        _check_channels(m, self.backbone.out_channels)
         self.neck = FPN(m.neck, name="neck")
         self.rpn_head = RPNHead(m.rpn_head, config.train_cfg.rpn, name="rpn_head")
         self.roi_head = StandardRoIHead(m.roi_head, config.train_cfg.rcnn, config.test_cfg.rcnn, name="roi_head")
