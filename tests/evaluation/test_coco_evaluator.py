@@ -312,6 +312,27 @@ def test_category_id_mapping(shapes_json):
     assert metrics["AP"] == one() and math.isnan(metrics["per_class"]["99"])
 
 
+def test_evaluation_covers_the_model_categories_only(shapes_json):
+    # The model knows circles (3) and squares (17); the gt also has triangles (42). Perfect detections of its two
+    # categories score 1, as MMDetection's evaluation of its classes does; over the JSON's categories the
+    # triangles, which the model cannot predict, would pull every mean down.
+    coco = quiet_coco(shapes_json)
+    class_of = {3: 1, 17: 2, 42: 0}  # 0: not a model class, dropped below
+    evaluator = CocoEvaluator(shapes_json, category_ids=[3, 17])
+    for image_id in (11, 22, 33, 44):
+        boxes, scores, classes, masks = gt_detections(coco, image_id, class_of)
+        keep = classes > 0
+        evaluator.add_detections(image_id, boxes[keep], scores[keep], classes[keep], masks[keep], masks_in_image=True)
+    metrics = evaluator.evaluate()
+    for iou_type in ("bbox", "segm"):
+        assert metrics[iou_type]["AP"] == one()
+        assert set(metrics[iou_type]["per_class"]) == {"circle", "square"}
+    everything = COCOeval(coco, coco.loadRes(evaluator.results("bbox")), "bbox")
+    with contextlib.redirect_stdout(io.StringIO()):
+        everything.evaluate(), everything.accumulate(), everything.summarize()
+    assert everything.stats[0] < 0.7  # over circle, square and triangle
+
+
 def test_only_added_images_count(shapes_json):
     # Perfect detections on images 11 and 22 only (a `--max_images 2` run): the gt of image 44 must not count as
     # missed. pycocotools restricted to those images agrees exactly; unrestricted it would report less.

@@ -301,6 +301,9 @@ class CocoEvaluator:
                 coco_dt = self.coco_gt.loadRes(results) if results else self._empty_results()
                 coco_eval = COCOeval(self.coco_gt, coco_dt, iou_type)
                 coco_eval.params.imgIds = image_ids
+                # The model's categories only: a gt category the model does not predict would count as AP 0 in
+                # every mean (MMDetection evaluates its classes, not the JSON's).
+                coco_eval.params.catIds = sorted(self.category_ids)
                 coco_eval.evaluate()
                 coco_eval.accumulate()
                 coco_eval.summarize()
