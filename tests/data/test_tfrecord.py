@@ -187,7 +187,14 @@ def test_script_reports_bad_annotation_file_in_one_line(tmp_path):
 
 
 def test_script_converts_and_prints_the_summary(tmp_path):
-    ann_path, image_dir, _ = write_coco(str(tmp_path))
+    ann_path, image_dir, data = write_coco(str(tmp_path))
+    # Boxes no converter may write: NaN and inf (JSON's NaN / Infinity, which Python's json reads) and a negative
+    # width. Each is skipped and named for what it is, not "clipped" nor "zero-area".
+    first = data["annotations"][0]
+    bad = {101: [float("nan"), 2.0, 5.0, 5.0], 102: [2.0, 2.0, float("inf"), 5.0], 103: [20.0, 2.0, -6.0, 5.0]}
+    data["annotations"] += [dict(first, id=i, bbox=b, area=25.0) for i, b in bad.items()]
+    with open(ann_path, "w") as f:
+        json.dump(data, f)
     out = subprocess.run(
         [sys.executable, os.path.join(REPO, "scripts", "create_coco_tfrecord.py"), "--image_dir", image_dir,
          "--object_annotations_file", ann_path, "--output_file_prefix", str(tmp_path / "tf" / "val"),
@@ -196,6 +203,11 @@ def test_script_converts_and_prints_the_summary(tmp_path):
     assert out.returncode == 0, out.stderr
     assert "Wrote 4 images and 6 annotations to 1 shard(s)" in out.stdout
     assert f"annotation {ZERO_AREA_ANN_ID} (image scène_1.png): zero-area box" in out.stdout
+    image = next(i["file_name"] for i in data["images"] if i["id"] == first["image_id"])
+    assert f"annotation 101 (image {image}): a NaN or infinite coordinate in box [nan, 2.0, 5.0, 5.0]" in out.stdout
+    assert f"annotation 102 (image {image}): a NaN or infinite coordinate in box [2.0, 2.0, inf, 5.0]" in out.stdout
+    assert f"annotation 103 (image {image}): negative width or height in box [20.0, 2.0, -6.0, 5.0]" in out.stdout
+    assert "Skipped: 0 image(s), 4 annotation(s):" in out.stdout and "Clipped to the image border (kept): 1 " in out.stdout
     assert "4/4 images" in out.stderr  # the progress bar
     assert len(_records([str(tmp_path / "tf" / "val-00000-of-00001.tfrecord")])) == 4
 

@@ -10,6 +10,7 @@ import dataclasses
 import glob
 import hashlib
 import io
+import math
 import multiprocessing
 import os
 import sys
@@ -103,7 +104,8 @@ def convert_image(image, annotations, image_dir, include_masks):
     """One COCO image and its annotations → (serialized Example or None, kept count, skipped, clipped).
 
     The image is skipped (None) when its file is missing or does not decode, or its size differs from the
-    JSON's; an annotation when its box has no area inside the image or its segmentation does not rasterize.
+    JSON's; an annotation when its box has a NaN or infinite coordinate, a negative or zero side, or no area
+    inside the image, or when its segmentation does not rasterize.
     A box crossing the border is clipped to the image. Runs in worker processes: no TF ops here.
     """
     name = f"{image['file_name']} (id {image['id']})"
@@ -130,8 +132,11 @@ def convert_image(image, annotations, image_dir, include_masks):
     for ann in annotations:
         ann_name = f"{ann['id']} (image {image['file_name']})"
         x, y, w, h = ann["bbox"]
-        if w <= 0 or h <= 0:
-            skipped.append(("annotation", ann_name, f"zero-area box {ann['bbox']}"))
+        problem = ("a NaN or infinite coordinate in box" if not all(map(math.isfinite, ann["bbox"]))
+                   else "negative width or height in box" if w < 0 or h < 0
+                   else "zero-area box" if w == 0 or h == 0 else None)
+        if problem:
+            skipped.append(("annotation", ann_name, f"{problem} {ann['bbox']}"))
             continue
         x1, y1, x2, y2 = max(x, 0.0), max(y, 0.0), min(x + w, width), min(y + h, height)
         if x2 <= x1 or y2 <= y1:
