@@ -10,7 +10,9 @@ that evaluate.py, export_saved_model.py and predict.py take as --model_dir, and 
 It holds config.yaml (configs/torchvision/<arch>_coco.yaml, resolved) and the checkpoint ckpt-0.
 
 ImageNet ResNets (resnet18/34/50/101) become `<output_dir>/backbone`, the backbone's variables keyed by their
-paths in a tfrcnn detector, for `train.py --init_checkpoint <output_dir>/backbone`:
+paths in a tfrcnn detector, for a config's `model.pretrained: <output_dir>/backbone` (or `train.py
+--init_checkpoint <output_dir>/backbone`, with `model.pretrained` null or present). train.py also reads the .pth
+itself, on the fly, from `model.pretrained: torchvision://resnet50` or a path:
 
     python scripts/convert_checkpoint.py --checkpoint resnet50-0676ba61.pth --arch resnet50 \
         --output_dir weights/resnet50
@@ -20,7 +22,7 @@ skipped): missing, unexpected or misshapen keys are listed in one error, and not
 """
 import os
 
-from absl import flags, logging
+from absl import flags
 
 import _cli
 
@@ -75,12 +77,12 @@ def convert_resnet(state_dict):
     written = load_resnet(model.backbone, state_dict, source=FLAGS.checkpoint)
     path = save_backbone_checkpoint(model, os.path.join(FLAGS.output_dir, "backbone"))
     print(f"Converted {written} tensors of {FLAGS.checkpoint} ({FLAGS.arch}) to {path}")
-    print(f"Train from it with: python scripts/train.py --config_file CONFIG --model_dir DIR --init_checkpoint {path}")
+    print(f"Train from it with: python scripts/train.py --config_file CONFIG --model_dir DIR --params_override "
+          f"model.pretrained={path} (or --init_checkpoint {path}, over the config's model.pretrained)")
 
 
 def main(_):
     _cli.check_file(FLAGS.checkpoint, "checkpoint")  # before TensorFlow loads
-    logging.set_verbosity(logging.WARNING)  # the checkpoint saver logs its sharding at INFO
     from tfrcnn.convert import load_pth
 
     state_dict = load_pth(FLAGS.checkpoint)

@@ -7,7 +7,7 @@ The first --input_type is `serving_default`; every type is also a signature of i
 the preprocessing (resize, normalize, pad) and the post-processing (boxes in original pixels, dataset category
 ids), plus label_map.json, label_map.pbtxt and the resolved config.yaml. See tfrcnn/export.py for the outputs.
 """
-from absl import flags, logging
+from absl import flags
 
 import _cli
 
@@ -36,7 +36,6 @@ def main(_):
         raise _cli.UsageError("give --model_dir (a training run's directory), or --config_file and "
                               "--checkpoint_path")
     _cli.check_run(FLAGS.model_dir, FLAGS.config_file, FLAGS.checkpoint_path)  # before TensorFlow loads
-    logging.set_verbosity(logging.WARNING)  # tf.saved_model.save logs a line per renamed function input
     from tfrcnn.export import export_saved_model
     from tfrcnn.training.checkpoints import load_model
 

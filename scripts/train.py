@@ -4,7 +4,9 @@ r"""Trains, evaluates, and (with no config given) runs the whole main job on the
     python scripts/train.py --config_file configs/mask_rcnn_r50_fpn_1x_coco.yaml --model_dir runs/coco \
         --mode train_and_eval --params_override data.samples_per_gpu=4
 
-Run again with the same --model_dir and training resumes from the newest checkpoint there.
+Run again with the same --model_dir and training resumes from the newest checkpoint there. A new run starts from
+the config's resume_from, else from model.pretrained (configs/mask_rcnn_r50_*: torchvision://resnet50, the file
+resnet50-0676ba61.pth in torch.hub's cache, ~/.cache/torch/hub/checkpoints, which nothing downloads) and load_from.
 
 The main job (no --config_file): generates the shapes dataset under --shapes_dir if it is absent, trains
 configs/mask_rcnn_r18_fpn_shapes.yaml from scratch, evaluates it on the held-out val split
@@ -38,9 +40,11 @@ flags.DEFINE_string("model_dir", None, "Required. The run directory: config.yaml
 flags.DEFINE_enum("mode", None, ["train", "train_and_eval", "eval"],
                   "train; train_and_eval (COCO AP every evaluation.interval epochs and at the end); eval (the "
                   "newest checkpoint). Default: train, or train_and_eval for the main job.")
-flags.DEFINE_string("init_checkpoint", None, "Weights to start a new run from: a whole model or a part such as "
-                    "a backbone, matched by variable path. Ignored when model_dir already has a checkpoint. "
-                    "Default: none (the config's initialization).")
+flags.DEFINE_string("init_checkpoint", None, "Weights to start a new run from (weights only): a tfrcnn checkpoint "
+                    "prefix or a directory holding one, whole model or a part such as a backbone, matched by "
+                    "variable path and copied over the model.pretrained backbone. Takes the place of the config's "
+                    "load_from. Ignored when model_dir already has a checkpoint or the config sets resume_from. "
+                    "Default: none (the config's load_from).")
 flags.DEFINE_enum("strategy", None, ["one_device", "mirrored", "multi_worker_mirrored"],
                   "tf.distribute strategy: one_device (the first GPU, else the CPU), mirrored (every GPU of this "
                   "host), multi_worker_mirrored (the hosts the TF_CONFIG environment variable lists, data.samples"

@@ -266,7 +266,10 @@ class RoIHeadCfg(_Section):
 @dataclass
 class ModelCfg(_Section):
     type: Literal["MaskRCNN", "FasterRCNN"] = "MaskRCNN"
-    pretrained: Optional[str] = "torchvision://resnet50"  # torchvision's ImageNet ResNet-50
+    # The backbone's starting weights (tfrcnn.convert.pretrained): torchvision://resnet18|34|50|101 (torchvision's
+    # ImageNet file, e.g. resnet50-0676ba61.pth, read from torch.hub's cache $TORCH_HOME/hub/checkpoints or
+    # ~/.cache/torch/hub/checkpoints, never downloaded), a .pth path, a tfrcnn checkpoint, or null (from scratch).
+    pretrained: Optional[str] = "torchvision://resnet50"
     backbone: BackboneCfg = _sub(BackboneCfg)
     neck: NeckCfg = _sub(NeckCfg)
     rpn_head: RPNHeadCfg = _sub(RPNHeadCfg)
@@ -662,8 +665,12 @@ class Config(_Section):
     log_config: LogCfg = _sub(LogCfg)
     evaluation: EvaluationCfg = _sub(EvaluationCfg)
     runtime: RuntimeCfg = _sub(RuntimeCfg)
-    load_from: Optional[str] = None  # a checkpoint to start from (weights only)
-    resume_from: Optional[str] = None  # a checkpoint to resume (weights, optimizer, epoch)
+    # A tfrcnn checkpoint (prefix or directory) copied by variable path over the pretrained backbone, weights only;
+    # --init_checkpoint takes its place. Read only when model_dir has no checkpoint and resume_from is null.
+    load_from: Optional[str] = None
+    # A training run's checkpoint (or model_dir) to continue: weights, optimizer state and step. Wins over
+    # load_from and model.pretrained; model_dir's own newest checkpoint wins over it.
+    resume_from: Optional[str] = None
 
     def _checks(self):
         if "segm" in self.evaluation.metric and not self.model.with_mask:

@@ -1,5 +1,6 @@
 import io
 import os
+import re
 
 import numpy as np
 import pytest
@@ -238,6 +239,14 @@ def _example(source_id, encoded):
     return tf.train.Example(features=tf.train.Features(feature=feature)).SerializeToString()
 
 
+def _with_mask(serialized):
+    """The record with one full-image 0/1 PNG mask per object (as --include_masks writes)."""
+    example = tf.train.Example.FromString(serialized)
+    png = tf.io.encode_png(tf.ones([32, 48, 1], tf.uint8)).numpy()
+    example.features.feature["image/object/mask"].bytes_list.value.append(png)
+    return example.SerializeToString()
+
+
 def _jpeg(h, w, value):
     buf = io.BytesIO()
     Image.fromarray(np.full((h, w, 3), value, np.uint8)).save(buf, format="JPEG")
@@ -275,12 +284,38 @@ def test_corrupt_image_stops_with_its_name_when_configured(records_with_corrupt_
                       corrupt_images="error")
     with pytest.raises(tf.errors.InvalidArgumentError, match="corrupt image.*source_id 102 \\(102.jpg\\)"):
         list(pipeline.build_dataset(cfg, "val", training=False))
+    # what scripts show: input_errors makes it one line, without TensorFlow's graph context
+    with pytest.raises(ValueError) as raised, pipeline.input_errors():
+        list(pipeline.build_dataset(cfg, "val", training=False))
+    assert str(raised.value) == (f"{records_with_corrupt_image}: corrupt image source_id 102 (102.jpg): it does not "
+                                 "decode (data.corrupt_images: error; with skip, each such image is left out and named)")
 
 
 def test_mask_model_refuses_records_without_masks(records_with_corrupt_image):
     cfg = make_config({"tfrecord": records_with_corrupt_image}, samples_per_gpu=1)
-    with pytest.raises(tf.errors.InvalidArgumentError, match="include_masks"):
+    # found from the first record with objects, before any dataset is built
+    with pytest.raises(ValueError, match=f"^{re.escape(records_with_corrupt_image)}: the model has a mask head but "
+                                         "this shard has no masks \\(source_id 101: .*--include_masks, or train a "
+                                         "Faster R-CNN config$"):
+        pipeline.build_dataset(cfg, "val", training=False)
+    # records that do not all hold masks are stopped by the pipeline's own check, named by input_errors
+    path = records_with_corrupt_image.replace("mixed", "partly_masked")
+    with tf.io.TFRecordWriter(path) as writer:
+        writer.write(_with_mask(_example("101", _jpeg(32, 48, 50))))
+        writer.write(_example("103", _jpeg(40, 20, 200)))
+    cfg = make_config({"tfrecord": path}, samples_per_gpu=1)
+    with pytest.raises(ValueError, match=f"^{re.escape(path)}: source_id 103 has 1 objects but 0 masks, and the "
+                                         "model has a mask head: convert the dataset again"), pipeline.input_errors():
         list(pipeline.build_dataset(cfg, "val", training=False))
+
+
+def test_a_damaged_shard_is_named(tmp_path, records_with_corrupt_image):
+    damaged = tmp_path / "cut-00000-of-00001.tfrecord"
+    damaged.write_bytes(open(records_with_corrupt_image, "rb").read()[:-10])
+    cfg = make_config({"tfrecord": f"{records_with_corrupt_image},{damaged}"}, with_mask=False)
+    with pytest.raises(ValueError, match=f"^{re.escape(str(damaged))}: a damaged TFRecord shard, truncated record at "
+                                         "\\d+: Read less bytes than requested"):
+        pipeline.count_images(cfg, "train")
 
 
 def test_batches_train_a_detector(dataset):

@@ -132,10 +132,9 @@ def main(mode, out):
 
     from tfrcnn.training import make_strategy
 
-    # The CPU kernel of crop_and_resize's gradient w.r.t. the image (RoIAlign's backward) adds the boxes'
-    # contributions from several threads into one buffer without synchronization (tensorflow#42033): now and then
-    # updates are lost and the FPN and backbone gradients are off by up to tens of percent, in any run, distributed
-    # or not. Op determinism makes that kernel run its boxes in order; the other kernels here are unaffected.
+    # As runtime.deterministic: RoIAlign's gradient is then TensorFlow's CropAndResizeGradImage, whose CPU kernel
+    # op determinism runs box by box (its threads would otherwise add into one buffer unsynchronized and lose
+    # updates, tensorflow#42033), so every strategy runs the same kernels in the same order.
     tf.config.experimental.enable_op_determinism()
     if mode == "single":
         strategy = make_strategy("one_device", ["/cpu:0"])

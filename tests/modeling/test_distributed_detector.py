@@ -19,8 +19,10 @@ relative to their own size, with a bound (2e-3) far below what a real parity bug
 missing or counted twice, a per-replica normalization: errors of order 1). The loss tolerance is meaningful: a
 replica that numbers its images from 0 (wrong sampler seeds) moves rcnn_cls by 3e-3 and total by 1e-3.
 
-The runs use TensorFlow's op determinism (detector_distributed.main): without it, the CPU gradient of
-crop_and_resize (RoIAlign) races between threads (tensorflow#42033) and a run's backbone update was seen 1e-2 off.
+The runs use TensorFlow's op determinism (detector_distributed.main), as `runtime.deterministic` does. Under it,
+on a CPU, RoIAlign's gradient is TensorFlow's own CropAndResizeGradImage, which determinism runs box by box (its
+threads would otherwise add into one buffer unsynchronized, tensorflow#42033); without it, it is tfrcnn's segment
+sum. Either way no kernel races, so the differences above are floating-point regrouping only.
 """
 import json
 import os

@@ -75,17 +75,8 @@ def test_predict_from_a_checkpoint_writes_pngs_and_coco_results(run_dir, tmp_pat
     assert len(results) <= 2 * 5  # max_per_img
 
 
-def test_missing_image_is_one_error_line(tmp_path):
-    result = _run("--model_dir", str(tmp_path), "--image", str(tmp_path / "nope.jpg"), "--output_dir",
-                  str(tmp_path / "out"))
-    assert result.returncode == 1
-    errors = [l for l in result.stderr.splitlines() if l.startswith("error:")]
-    assert len(errors) == 1 and "nope.jpg" in errors[0], result.stderr
-    assert "Traceback" not in result.stderr
-    assert not (tmp_path / "out").exists()
-
-
 def test_two_detectors_are_one_error_line(tmp_path):
+    # (a missing image, a bad flag: tests/scripts/test_flags.py; a damaged checkpoint: test_errors.py)
     result = _run("--saved_model_dir", str(tmp_path), "--model_dir", str(tmp_path), "--image", str(tmp_path),
                   "--output_dir", str(tmp_path / "out"))
     assert result.returncode == 1

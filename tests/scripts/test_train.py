@@ -99,8 +99,9 @@ def test_nan_loss_stops_with_the_step_and_keeps_the_last_good_checkpoint(shapes,
     assert "Traceback" not in out.stderr
 
 
+# (a missing config file, a bad flag, --help: tests/scripts/test_flags.py, for every script; TensorFlow's errors
+# on a damaged checkpoint, image or shard: tests/scripts/test_errors.py)
 @pytest.mark.parametrize("args, message", [
-    (["--config_file", "nope.yaml"], "nope.yaml: config file not found"),
     (["--config_file", CONFIG, "--params_override", "model.backbone.depth=7"], "model.backbone.depth: expected one of"),
 ])
 def test_bad_input_is_one_error_line(tmp_path, args, message):
@@ -111,17 +112,20 @@ def test_bad_input_is_one_error_line(tmp_path, args, message):
     assert len(errors) == 1 and message in errors[0], out.stderr[-2000:]
 
 
-def test_evaluate_names_a_missing_run(tmp_path):
-    out = subprocess.run([sys.executable, os.path.join(REPO, "scripts", "evaluate.py"), "--model_dir",
-                          str(tmp_path / "nothing")], env=ENV, capture_output=True, text=True, timeout=120)
+def test_a_missing_pretrained_file_is_one_error_line_before_anything_is_written(shapes, tmp_path):
+    # the shipped COCO config: pretrained torchvision://resnet50, which nothing downloads
+    env = dict(ENV, TORCH_HOME=str(tmp_path / "torch"), HOME=str(tmp_path / "home"))
+    env.pop("XDG_CACHE_HOME", None)
+    out = subprocess.run([sys.executable, TRAIN, "--config_file", os.path.join(REPO, "configs",
+                                                                               "mask_rcnn_r50_fpn_1x_coco.yaml"),
+                          "--model_dir", str(tmp_path / "run"), "--params_override",
+                          f"data.train.tfrecord={shapes.train_tfrecords}"],
+                         env=env, capture_output=True, text=True, timeout=120)
     assert out.returncode == 1 and "Traceback" not in out.stderr
     errors = [line for line in out.stderr.splitlines() if line.startswith("error:")]
-    assert errors == [f"error: {tmp_path / 'nothing' / 'config.yaml'}: no such file (is {tmp_path / 'nothing'} a "
-                      "training run's model_dir?)"]
-
-
-def test_help_documents_every_flag():
-    out = subprocess.run([sys.executable, TRAIN, "--helpfull"], env=ENV, capture_output=True, text=True, timeout=120)
-    for flag in ("config_file", "params_override", "model_dir", "mode", "init_checkpoint", "strategy",
-                 "mixed_precision", "shapes_dir"):
-        assert f"--{flag}" in out.stdout
+    assert len(errors) == 1, out.stderr[-2000:]
+    hub = tmp_path / "torch" / "hub" / "checkpoints"
+    for part in ("resnet50-0676ba61.pth", str(hub), str(tmp_path / "home" / ".cache" / "torch" / "hub" / "checkpoints"),
+                 "https://download.pytorch.org/models/resnet50-0676ba61.pth", f"copy it to {hub}"):
+        assert part in errors[0], errors[0]
+    assert not (tmp_path / "run").exists()

@@ -1,4 +1,5 @@
 import os
+import re
 
 import numpy as np
 import pytest
@@ -60,3 +61,22 @@ def test_load_model_names_what_is_missing(tmp_path):
         checkpoints.load_model(str(tmp_path))
     with pytest.raises(FileNotFoundError, match="ckpt-7: no such checkpoint"):
         checkpoints.load_model(str(tmp_path), checkpoint_path=str(tmp_path / "ckpt-7"))
+
+
+def test_a_damaged_checkpoint_names_its_file(tmp_path):
+    cfg = tfrcnn.load_config(TINY)
+    model = tfrcnn.build_model(cfg)
+    path = checkpoints.run_checkpoint(model).save(str(tmp_path / "ckpt"))  # ckpt-1
+    data, index = tmp_path / "ckpt-1.data-00000-of-00001", tmp_path / "ckpt-1.index"
+    whole = data.read_bytes(), index.read_bytes()
+    data.write_bytes(whole[0][: len(whole[0]) // 2])  # a copy cut short
+    with pytest.raises(checkpoints.CheckpointError, match=re.escape(
+            f"{path}: cannot read this checkpoint: Read less bytes than requested (ckpt-1.data-00000-of-00001 is "
+            "truncated or corrupt")):
+        checkpoints.restore(checkpoints.run_checkpoint(model), path, model_only=True)
+    data.write_bytes(whole[0])
+    index.write_bytes(whole[1][: len(whole[1]) // 2])
+    with pytest.raises(checkpoints.CheckpointError, match=re.escape(f"{path}: cannot read this checkpoint: ") +
+                       ".*sstable.*" + re.escape("(ckpt-1.index is truncated or corrupt")):
+        checkpoints.restore(checkpoints.run_checkpoint(model), path, model_only=True)
+    assert isinstance(checkpoints.CheckpointError("x"), OSError)  # scripts print it as one `error:` line

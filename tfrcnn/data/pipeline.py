@@ -9,7 +9,10 @@ the original size and the scale factors.
 
 Randomness (shuffle, scale, flip) derives from `runtime.seed` and changes every epoch, reproducibly.
 """
+import ast
+import contextlib
 import logging
+import re
 import sys
 
 import tensorflow as tf
@@ -19,6 +22,90 @@ from tfrcnn.data import coco, tfrecord
 
 AUTOTUNE = tf.data.AUTOTUNE
 log = logging.getLogger("tfrcnn.data")
+# The pipeline's checks fail in a tf.data op, as an InvalidArgumentError "assertion failed: [<_CHECK>...]" that
+# `input_errors` turns back into a ValueError with the message after _CHECK.
+_CHECK = "tfrcnn.data check: "
+_CHECK_FAILED = re.compile(r"assertion failed: \[" + re.escape(_CHECK) + r"(.*?)\](?:\n|$)", re.MULTILINE)
+_DATA_LOSS = re.compile(r"((?:truncated|corrupted) record at [^\[\n]*?)\s*(?:\[Op:|\n|$)")
+_NO_MASKS_HINT = ("convert the dataset again with scripts/create_coco_tfrecord.py --include_masks, or train a "
+                  "Faster R-CNN config")
+
+
+@contextlib.contextmanager
+def input_errors(file_pattern=None):
+    """Re-raises a failed check of the input pipeline (a corrupt image with data.corrupt_images 'error', a
+    record without the masks a mask head needs), which stops a dataset's iteration with TensorFlow's
+    InvalidArgumentError deep in a graph's context, as a ValueError of one line naming the image and its file;
+    with `file_pattern` (the split's TFRecords), also a DataLossError (a shard cut short or not a TFRecord
+    file, which TensorFlow does not name), as a ValueError naming the shard. Wrap whatever iterates a
+    `build_dataset` dataset (Keras' fit, an evaluation loop)."""
+    try:
+        yield
+    except tf.errors.InvalidArgumentError as e:
+        found = _CHECK_FAILED.search(e.message or "")
+        if found is None:
+            raise
+        raise ValueError(_unescape(found.group(1))) from e
+    except tf.errors.DataLossError as e:
+        if not file_pattern:
+            raise
+        raise ValueError(_damaged_shard(file_pattern, e)) from e
+
+
+def _damaged_shard(file_pattern, error):
+    """The message for a DataLossError met reading `file_pattern`'s shards: each shard is read again (only after
+    such an error) to name the one at fault."""
+    found = _DATA_LOSS.search(error.message or "")
+    reason = found.group(1).replace("' failed with ", ": ") if found else "damaged"
+    for path in tfrecord.tfrecord_files(file_pattern):
+        try:
+            tf.data.TFRecordDataset(path).reduce(tf.constant(0, tf.int64), lambda count, _: count + 1)
+        except tf.errors.DataLossError as e:
+            found = _DATA_LOSS.search(e.message or "")
+            reason = found.group(1).replace("' failed with ", ": ") if found else reason
+            return f"{path}: a damaged TFRecord shard, {reason} (cut short, or not a TFRecord file: convert it again)"
+    return f"{file_pattern}: a damaged TFRecord shard, {reason}"
+
+
+def _unescape(text):
+    """A string that tf.debugging.Assert printed C-escaped (quotes, backslashes, non-ASCII bytes in octal)."""
+    try:
+        return ast.literal_eval(f"b'{text}'").decode("utf8", "replace")
+    except (SyntaxError, ValueError):
+        return text
+
+
+def check_splits(config, splits):
+    """The checks `build_dataset` makes before it reads a split (`check_masks` for a model with a mask head), on
+    several splits at once: a job calls it before it writes anything."""
+    if config.model.with_mask:
+        for split in splits:
+            pattern = getattr(config.data, split).tfrecord
+            if pattern:
+                check_masks(pattern)
+
+
+def check_masks(file_pattern, max_records=32):
+    """Raises ValueError when the first TFRecord shard of `file_pattern` holds objects without masks (a dataset
+    converted without --include_masks), read before a mask head trains or evaluates on it: its first records
+    with objects are enough (a mix is still caught, later, by the pipeline's own check)."""
+    files = tfrecord.tfrecord_files(file_pattern)
+    try:
+        for raw in tf.data.TFRecordDataset(files[:1]).take(max_records):
+            feature = tf.train.Example.FromString(raw.numpy()).features.feature
+            objects = len(feature[tfrecord.CLASS_LABEL].int64_list.value) if tfrecord.CLASS_LABEL in feature else 0
+            if not objects:
+                continue
+            masks = len(feature[tfrecord.MASK].bytes_list.value) if tfrecord.MASK in feature else 0
+            if masks != objects:
+                source_id = feature[tfrecord.SOURCE_ID].bytes_list.value[:1] if tfrecord.SOURCE_ID in feature else []
+                which = f"source_id {source_id[0].decode('utf8', 'replace')}" if source_id else "a record"
+                detail = "no masks" if not masks else f"{masks} masks for {objects} objects"
+                raise ValueError(f"{files[0]}: the model has a mask head but this shard has {detail} ({which}: "
+                                 f"was it written without --include_masks?): {_NO_MASKS_HINT}")
+            return
+    except tf.errors.OpError as e:  # a shard that is not a TFRecord file, or is cut short
+        raise ValueError(f"{files[0]}: not a readable TFRecord shard ({e.message.splitlines()[0]})") from e
 
 
 def resolve_categories(data_cfg):
@@ -51,7 +138,10 @@ def build_dataset(config, split, training, batch_size=None, input_context=None, 
         distributes the dataset itself).
       input_context: a tf.distribute.InputContext: this worker reads only its share of the files (or records).
       corrupt_images: a CorruptImages list that receives each image skipped as corrupt (data.corrupt_images
-        'skip'); with 'error' a corrupt image stops the pipeline with an InvalidArgumentError naming it.
+        'skip'); with 'error' a corrupt image stops the pipeline with an InvalidArgumentError naming it, which
+        `input_errors` turns into a ValueError of that one line.
+    Raises ValueError (`check_masks`) when the model has a mask head and the split's first TFRecord shard has
+    no masks.
     Returns:
       a tf.data.Dataset of (images float32 [B, H, W, 3], targets) — see tfrcnn/structures.py; without
       training, targets also hold source_id string [B], original_size int32 [B, 2], scale float32 [B, 2].
@@ -61,6 +151,8 @@ def build_dataset(config, split, training, batch_size=None, input_context=None, 
     seed = config.runtime.seed
     with_mask = config.model.with_mask
     category_ids, _ = resolve_categories(data_cfg)
+    if with_mask and split_cfg.tfrecord:
+        check_masks(split_cfg.tfrecord)  # now, rather than as a tf.data error once training has begun
     records = _records(split_cfg, with_mask, training, seed, data_cfg.shuffle_buffer, input_context)
     ds = records.map(lambda source, record: dict(tfrecord.parse_example(record), file=source),
                      num_parallel_calls=AUTOTUNE)
@@ -94,7 +186,8 @@ def _class_table(category_ids):
 
 def count_images(config, split, training=True):
     """How many images one pass of the split yields: all of them, or with `training` those that
-    `filter_empty_gt` keeps (corrupt images are not detected here). Reads every record once."""
+    `filter_empty_gt` keeps (corrupt images are not detected here). Reads every record once: a damaged
+    TFRecord shard raises ValueError naming it (`input_errors`)."""
     split_cfg = getattr(config.data, split)
     category_ids, _ = resolve_categories(config.data)
     records = _records(split_cfg, False, False, 0, 1, None)
@@ -102,7 +195,34 @@ def count_images(config, split, training=True):
     if training and split_cfg.filter_empty_gt:
         table = _class_table(category_ids)
         ds = ds.map(lambda ex: dict(ex, classes=table.lookup(ex["labels"]))).filter(_has_gt)
-    return int(ds.reduce(tf.constant(0, tf.int64), lambda count, _: count + 1))
+    with input_errors(split_cfg.tfrecord):
+        return int(ds.reduce(tf.constant(0, tf.int64), lambda count, _: count + 1))
+
+
+def count_training_images(config, batch_size):
+    """`count_images(config, "train")`, for a training run: raises ValueError saying why in one line when the split
+    yields less than one batch of `batch_size` images (no images, no annotations, no category of
+    data.category_ids among them, or too few images with one), naming the split's source and the ids it holds."""
+    count = count_images(config, "train")
+    if count >= batch_size:
+        return count
+    split_cfg = config.data.train
+    labels = _records(split_cfg, False, False, 0, 1, None).map(lambda _, record: tfrecord.parse_example(record)["labels"])
+    images, found = 0, set()
+    with input_errors(split_cfg.tfrecord):
+        for image_labels in labels.as_numpy_iterator():  # only on this error path: a pass over the labels
+            images, found = images + 1, found | set(image_labels.tolist())
+    wanted = resolve_categories(config.data)[0]
+    if not images:
+        why = "it holds no image"
+    elif not found:
+        why = f"none of its {images} images has an annotation"
+    elif not found & set(wanted):
+        why = f"no annotation has a category of data.category_ids {wanted}; its category ids are {sorted(found)}"
+    else:
+        why = (f"{count} of its {images} images have an object of data.category_ids (category ids found: "
+               f"{sorted(found)}), fewer than one batch of {batch_size} (data.samples_per_gpu x replicas)")
+    raise ValueError(f"data.train ({split_cfg.tfrecord or split_cfg.ann_file}): no training batch: {why}")
 
 
 def _records(split_cfg, with_mask, training, seed, shuffle_buffer, input_context):
@@ -170,7 +290,10 @@ def _decode_images(ds, policy, corrupt_images, deterministic):
 
     if policy == "error":
         def stop_if_corrupt(ex):
-            check = tf.debugging.Assert(ex["decoded"], ["corrupt image (does not decode):", describe(ex)])
+            check = tf.debugging.Assert(ex["decoded"], [tf.strings.join([
+                _CHECK, ex["file"], ": corrupt image source_id ", ex["source_id"], " (", ex["filename"],
+                "): it does not decode (data.corrupt_images: error; with skip, each such image is left out and "
+                "named)"])])
             with tf.control_dependencies([check]):
                 return dict(ex, image=tf.identity(ex["image"]))
         return ds.map(stop_if_corrupt)
@@ -369,9 +492,9 @@ class _Transform:
         """float32 [N, S, S]: each full-image mask sampled at S × S bin centres over its box (original pixels)."""
         n = tf.shape(boxes)[0]
         count = tf.size(ex["masks"])
-        check = tf.debugging.Assert(tf.equal(count, n), [
-            "the model has a mask head but", ex["file"], "holds", count, "masks for", n, "objects of source_id",
-            ex["source_id"], "(convert with --include_masks)"])
+        check = tf.debugging.Assert(tf.equal(count, n), [tf.strings.join([
+            _CHECK, ex["file"], ": source_id ", ex["source_id"], " has ", tf.strings.as_string(n), " objects but ",
+            tf.strings.as_string(count), " masks, and the model has a mask head: ", _NO_MASKS_HINT])])
         with tf.control_dependencies([check]):
             full = tf.cond(n > 0, lambda: tf.map_fn(
                 lambda png: tf.io.decode_png(png, channels=1), ex["masks"],

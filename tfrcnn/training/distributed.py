@@ -2,9 +2,9 @@
 
 Keras 3's `fit` works on one device and under MirroredStrategy, but fails under MultiWorkerMirroredStrategy
 (keras-team/keras#20585: it reduces a distributed input batch to build the model). There `CustomLoop`
-drives the same `model.train_step` itself, the way /work/shared/reference/keras3-distribute.md found to work:
-a `tf.function` that calls `strategy.run(model.train_step, ...)` on the next element of a distributed
-dataset. It works under every strategy, so it is also the loop to compare the strategies with.
+drives the same `model.train_step` itself, as TensorFlow's custom-training-loop guide for distributed training
+does: a `tf.function` that calls `strategy.run(model.train_step, ...)` on the next element of a distributed
+dataset (tests/training/test_distributed.py runs it under every strategy). It works under every strategy, so it is also the loop to compare the strategies with.
 
 The contract with the model:
 - the model and its optimizer are created, and the model compiled, inside `strategy.scope()`;

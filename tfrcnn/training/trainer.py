@@ -6,7 +6,9 @@ evaluation metrics), `metrics.json` and `metrics.txt` (the last evaluation).
 
 Steps, not epochs, are the unit of progress: an epoch is `steps_per_epoch` = images / global batch steps, and
 training runs one interval (`checkpoint_config.interval`) at a time, so that a run killed at any moment resumes
-from its last checkpoint with the optimizer's step, momenta and learning rate where they were.
+from its last checkpoint with the optimizer's step, momenta and learning rate where they were. A run without a
+checkpoint of its own starts as MMDetection's do: from `resume_from` (another run's checkpoint, continued), else
+from the `model.pretrained` backbone and then the `load_from` weights (`_starting_point`).
 
 Two loops run the model's `train_step`: Keras' `fit` (one "epoch" per interval) on one device and under
 MirroredStrategy, and `tfrcnn.training.CustomLoop` under MultiWorkerMirroredStrategy, where `fit` fails
@@ -62,7 +64,8 @@ def evaluate(config, model, split="val", max_images=None, progress=True):
     # reduce_retracing: with data.test_padding 'size_divisor' batches differ in size; one trace serves them all.
     predict = tf.function(lambda inputs: model(inputs, training=False), reduce_retracing=True)
     dataset = pipeline.build_dataset(config, split, training=False)
-    return evaluate_model(predict, dataset, evaluator, max_images=max_images, progress=progress)
+    with pipeline.input_errors(split_cfg.tfrecord):
+        return evaluate_model(predict, dataset, evaluator, max_images=max_images, progress=progress)
 
 
 def write_metrics(metrics, model_dir, step=None):
@@ -74,18 +77,21 @@ def write_metrics(metrics, model_dir, step=None):
         f.write(format_table(metrics) + "\n")
 
 
-def initialize_from(model, path):
+@checkpoints.reads_checkpoint
+def initialize_from(model, path, part=None):
     """Copies the variables a checkpoint holds (matched by path, e.g. only `backbone/...`) into `model`.
 
     A variable whose shape differs is left as initialized and reported, as Detectron2 and MMDetection do when
     fine-tuning a COCO model on another number of classes (the class-sized predictor layers).
-    Returns (copied, total, skipped): skipped lists "<path>: checkpoint <shape>, model <shape>".
-    Raises ValueError when nothing is copied.
+    `part`: a sublayer of `model` (e.g. `model.backbone`, for `model.pretrained`): only its variables are read.
+    Returns (copied, total, skipped): total counts the variables of `part` (or the model), skipped lists
+    "<path>: checkpoint <shape>, model <shape>". Raises ValueError when nothing is copied.
     """
     reader = tf.train.load_checkpoint(path)
     shapes = reader.get_variable_to_shape_map()
+    variables = (part or model).variables
     copied, skipped = 0, []
-    for v in model.variables:
+    for v in variables:
         # tf.train.Checkpoint escapes a name's '.' as '..' and '/' as '.S' in its keys.
         name = v.path.split("/", 1)[-1].replace(".", "..").replace("/", ".S")
         key = f"model/{name}/.ATTRIBUTES/VARIABLE_VALUE"
@@ -97,8 +103,49 @@ def initialize_from(model, path):
             copied += 1
     if not copied:
         detail = f" ({len(skipped)} differ in shape: {'; '.join(skipped)})" if skipped else ""
-        raise ValueError(f"{path}: no variable of the model is in this checkpoint (is it a tfrcnn checkpoint?){detail}")
-    return copied, len(model.variables), skipped
+        raise ValueError(f"{path}: no variable of the {'model' if part is None else part.name} is in this "
+                         f"checkpoint (is it a tfrcnn checkpoint?){detail}")
+    return copied, len(variables), skipped
+
+
+def _checkpoint(path, key):
+    """The checkpoint prefix `path` names (see checkpoints.find_checkpoint); else FileNotFoundError naming `key`."""
+    found = checkpoints.find_checkpoint(path)
+    if found is None:
+        hint = (": a PyTorch file; convert it first with scripts/convert_checkpoint.py"
+                if path.endswith((".pth", ".pt")) else f" (neither {path}.index nor a directory holding a checkpoint)")
+        raise FileNotFoundError(f"{key} {path!r}: no such tfrcnn checkpoint{hint}")
+    return found
+
+
+def _starting_point(config, model_dir, init_checkpoint):
+    """What initializes the run's model, found and checked before anything is built (a missing file is one error).
+
+    MMDetection's order: model_dir's newest checkpoint whatever the config says (a rerun after a crash goes on
+    from its own work, not back to resume_from); else `resume_from` (weights, optimizer state and step; it
+    restores every weight, so model.pretrained and load_from are not read, and the progress line says so); else
+    `model.pretrained` into the backbone, then `load_from` (weights only, matched by variable path, over the
+    pretrained ones), whose place `init_checkpoint` takes when given.
+    Returns (resume, pretrained, load, note): the checkpoint prefix to restore whole or None; a
+    `tfrcnn.convert.pretrained.Pretrained` or None; (prefix, its key) of the weights to copy or None; what the
+    progress line adds to "resumed from ...".
+    """
+    from tfrcnn.convert.pretrained import resolve_pretrained
+
+    latest = checkpoints.latest_checkpoint(model_dir)
+    if latest is not None:
+        return latest, None, None, ""
+    load_key, load = ("--init_checkpoint", init_checkpoint) if init_checkpoint else ("load_from", config.load_from)
+    if config.resume_from:
+        resume = _checkpoint(config.resume_from, "resume_from")
+        if not any(name.startswith("optimizer/") for name, _ in tf.train.list_variables(resume)):
+            raise ValueError(f"resume_from {config.resume_from!r}: {resume} holds no optimizer state (not a training "
+                             "run's checkpoint); give it as load_from to start from its weights")
+        skipped = [f"{load_key} {load}"] * bool(load) + [f"model.pretrained {config.model.pretrained}"] * bool(
+            config.model.pretrained)
+        note = f" (resume_from; {' and '.join(skipped)} not read)" if skipped else " (resume_from)"
+        return resume, None, None, note
+    return None, resolve_pretrained(config), load and (_checkpoint(load, load_key), load_key), ""
 
 
 class _Schedule:
@@ -135,7 +182,9 @@ def train(config, model_dir, mode="train", init_checkpoint=None, progress=True):
       mode: "train", "train_and_eval" (evaluate every `evaluation.interval` epochs and at the end) or "eval"
         (evaluate the newest checkpoint).
       init_checkpoint: weights to start from when model_dir has no checkpoint yet: a whole model or a part
-        (e.g. a backbone), matched by variable path.
+        (e.g. a backbone), matched by variable path. It takes the place of the config's `load_from`; the
+        initialization order (model_dir's checkpoint, resume_from, model.pretrained, load_from) is
+        `_starting_point`'s, and its files are checked before anything is built.
       progress: print the progress lines (only the chief prints them under multi_worker_mirrored).
     Returns:
       the last evaluation's metrics, or {} when none ran (and on every worker but the chief).
@@ -144,6 +193,7 @@ def train(config, model_dir, mode="train", init_checkpoint=None, progress=True):
     """
     if mode == "eval":
         return _evaluate_latest(config, model_dir, progress)
+    resume, pretrained, load, note = _starting_point(config, model_dir, init_checkpoint)  # before model_dir is written
     configure_determinism(config)
     strategy = make_strategy(config.runtime.strategy)
     multi_worker = isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy)
@@ -152,11 +202,15 @@ def train(config, model_dir, mode="train", init_checkpoint=None, progress=True):
         print(f"{task_name(strategy)}: training; the chief writes the checkpoints, logs and metrics to {model_dir}",
               flush=True)
     progress = progress and chief
+    global_batch = config.data.samples_per_gpu * strategy.num_replicas_in_sync
+    # TFRecords without the masks a mask head needs, or an empty training set, stop here, before model_dir is
+    # written; after make_strategy, since reading a record starts TensorFlow's context, which
+    # MultiWorkerMirroredStrategy must configure first.
+    pipeline.check_splits(config, ["train", "val"] if mode == "train_and_eval" else ["train"])
+    schedule = _Schedule(config, pipeline.count_training_images(config, global_batch), global_batch)
     if chief:
         os.makedirs(model_dir, exist_ok=True)
         save_config(config, os.path.join(model_dir, checkpoints.CONFIG_NAME))
-    global_batch = config.data.samples_per_gpu * strategy.num_replicas_in_sync
-    schedule = _Schedule(config, pipeline.count_images(config, "train"), global_batch)
     with strategy.scope():
         from tfrcnn.modeling import build_model
         model = build_model(config, build_size=config.data.padded_size())
@@ -169,15 +223,11 @@ def train(config, model_dir, mode="train", init_checkpoint=None, progress=True):
     try:
         manager = tf.train.CheckpointManager(checkpoints.run_checkpoint(model, model.optimizer), save_dir,
                                             max_to_keep=config.checkpoint_config.max_keep, checkpoint_name="ckpt")
-        latest = checkpoints.latest_checkpoint(model_dir)
-        if latest is not None:
-            manager.checkpoint.restore(latest).assert_existing_objects_matched()
-            _say(progress, f"resumed from {latest} at step {_step(model)}")
-        elif init_checkpoint:
-            copied, total, skipped = initialize_from(model, init_checkpoint)
-            _say(progress, f"initialized {copied} of {total} variables from {init_checkpoint}")
-            for line in skipped:  # always shown: a silently fresh layer would surprise
-                print(f"tfrcnn: kept the initial value of {line} (shapes differ)", file=sys.stderr)
+        if resume is not None:
+            checkpoints.restore(manager.checkpoint, resume)  # CheckpointError naming a damaged file
+            _say(progress, f"resumed from {resume} at step {_step(model)}{note}")
+        else:
+            _initialize(model, pretrained, load, progress)
         if multi_worker:
             check_in_sync(model, strategy)
             cluster = strategy.cluster_resolver.cluster_spec().as_dict()
@@ -210,6 +260,25 @@ def train(config, model_dir, mode="train", init_checkpoint=None, progress=True):
             shutil.rmtree(save_dir, ignore_errors=True)
 
 
+def _initialize(model, pretrained, load, progress):
+    """A fresh run's weights: the pretrained backbone, then the `load` checkpoint (see `_starting_point`); one
+    progress line says what initialized the model."""
+    from tfrcnn.convert.pretrained import load_pretrained
+
+    done, skipped = [], []
+    if pretrained is not None:
+        what, skipped = load_pretrained(model, pretrained)
+        done.append(what)
+    if load is not None:
+        copied, total, skipped_here = initialize_from(model, load[0])
+        done.append(f"{copied} of {total} variables from {load[0]} ({load[1]})")
+        skipped += skipped_here
+    _say(progress, "initialized " + (", then ".join(done) if done else
+                                     "from scratch (model.pretrained, load_from and resume_from are null)"))
+    for line in skipped:  # always shown: a silently fresh layer would surprise
+        print(f"tfrcnn: kept the initial value of {line} (shapes differ)", file=sys.stderr)
+
+
 def _evaluate_latest(config, model_dir, progress):
     """mode eval: the newest checkpoint's metrics. One process evaluates (under multi_worker_mirrored the chief;
     the others return {}): evaluation runs no collective, so it needs no strategy."""
@@ -221,7 +290,7 @@ def _evaluate_latest(config, model_dir, progress):
     if latest is None:
         raise FileNotFoundError(f"{model_dir}: no checkpoint to evaluate")
     model = build_model(config, build_size=config.data.padded_size())
-    checkpoints.run_checkpoint(model).read(latest).expect_partial().assert_existing_objects_matched()
+    checkpoints.restore(checkpoints.run_checkpoint(model), latest, model_only=True)
     metrics = evaluate(config, model, progress=progress)
     write_metrics(metrics, model_dir)
     return metrics
@@ -235,10 +304,15 @@ def _fit(model, dataset, schedule, hooks):
         # shorter first "epoch" up to the next boundary, so that checkpoints and the last step stay on the grid
         # (as in _custom_loop); the second fit goes on with the batches after those.
         first = schedule.interval - off_grid
-        model.fit(dataset, epochs=1, steps_per_epoch=first, callbacks=[_FitCallback(hooks, last=False)], verbose=0)
+        with pipeline.input_errors(hooks.config.data.train.tfrecord):
+            model.fit(dataset, epochs=1, steps_per_epoch=first, callbacks=[_FitCallback(hooks, last=False)],
+                      verbose=0, shuffle=False)
         dataset = dataset.skip(first)
-    model.fit(dataset, epochs=schedule.intervals, steps_per_epoch=schedule.interval,
-              initial_epoch=_step(model) // schedule.interval, callbacks=[_FitCallback(hooks)], verbose=0)
+    with pipeline.input_errors(hooks.config.data.train.tfrecord):  # a corrupt image or shard: one line naming it
+        # shuffle=False: the dataset shuffles itself (Keras would warn that it ignores its default True)
+        model.fit(dataset, epochs=schedule.intervals, steps_per_epoch=schedule.interval,
+                  initial_epoch=_step(model) // schedule.interval, callbacks=[_FitCallback(hooks)], verbose=0,
+                  shuffle=False)
 
 
 def _custom_loop(model, strategy, dataset_fn, schedule, hooks):
@@ -249,7 +323,9 @@ def _custom_loop(model, strategy, dataset_fn, schedule, hooks):
     step = _step(model)
     while step < schedule.total_steps:
         # to the next interval boundary (a run resumed after the interval changed realigns here)
-        loop.run(iterator, schedule.interval - step % schedule.interval, on_step=lambda i, logs: hooks.step_end(logs))
+        with pipeline.input_errors(hooks.config.data.train.tfrecord):
+            loop.run(iterator, schedule.interval - step % schedule.interval,
+                     on_step=lambda i, logs: hooks.step_end(logs))
         hooks.interval_end()
         step = _step(model)
     _, drift = check_in_sync(model, strategy)
@@ -321,7 +397,7 @@ class _Hooks:
 
     def interval_end(self):
         step = self.step
-        self.manager.save(checkpoint_number=step)
+        checkpoints.save(self.manager, step)  # on failure: nothing half-written left, CheckpointError
         if step % self.schedule.eval_every == 0:
             self._evaluate(step)
 
