@@ -95,7 +95,7 @@ def recording(config):
                 result = function(*args, **kwargs)
             finally:
                 quiet[0] -= 1
-            if function is original_build and dataclasses.is_dataclass(result) and isinstance(result, C.Config):
+            if isinstance(result, C.Config):
                 index(result)  # a model rebuilt from its Keras config reads the same paths
             return result
         return wrapped

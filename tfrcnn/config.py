@@ -824,8 +824,7 @@ def _build(cls, value, key, origins):
     obj = cls(**kwargs)
     for name, rule in cls._ranges.items():
         value = getattr(obj, name)
-        values = value if isinstance(value, tuple) else (value,)
-        if value is not None and not all(_in_range(v, rule) for v in _flatten(values)):
+        if value is not None and not all(_in_range(v, rule) for v in _flatten((value,))):
             raise origins.error(_join(key, name), f"must be {rule}, got {_show(value)}")
     for name, message in obj._checks():
         raise origins.error(_join(key, name), message)
