@@ -134,8 +134,8 @@ def _keys(tree, prefix=""):
 def test_shipped_base_files_spell_out_every_key():
     # Reads the merged YAML (private helper): no value of the shipped configs may come from a default.
     schema_keys = _keys(Config().to_dict())
-    assert _keys(C._load_tree(MASK, [], {})) == schema_keys
-    missing = schema_keys - _keys(C._load_tree(FASTER, [], {}))
+    assert _keys(C.load._load_tree(MASK, [], {})) == schema_keys
+    missing = schema_keys - _keys(C.load._load_tree(FASTER, [], {}))
     # Faster R-CNN leaves out only its null mask sections' contents and the mask-only numbers.
     assert all(".mask_" in k or k.endswith(("mask_size", "mask_thr_binary")) for k in missing), missing
 

@@ -17,6 +17,7 @@ import typing
 import pytest
 
 from tfrcnn import config as C
+from tfrcnn.config import schema, validate
 from tfrcnn.data.shapes import generate_shapes_dataset
 
 SHAPES_CONFIG = "configs/mask_rcnn_r18_fpn_shapes.yaml"
@@ -77,8 +78,8 @@ def recording(config):
 
     index(config)
     read, quiet = set(), [0]
-    original_getattribute = C._Section.__getattribute__
-    original_build, original_plain = C._build, C._plain
+    original_getattribute = schema._Section.__getattribute__
+    original_build, original_plain = validate.build, validate.plain
 
     def getattribute(self, name):
         value = object.__getattribute__(self, name)
@@ -100,13 +101,13 @@ def recording(config):
             return result
         return wrapped
 
-    C._Section.__getattribute__ = getattribute
-    C._build, C._plain = unrecorded(original_build), unrecorded(original_plain)
+    schema._Section.__getattribute__ = getattribute
+    validate.build, validate.plain = unrecorded(original_build), unrecorded(original_plain)
     try:
         yield read
     finally:
-        C._Section.__getattribute__ = original_getattribute
-        C._build, C._plain = original_build, original_plain
+        schema._Section.__getattribute__ = original_getattribute
+        validate.build, validate.plain = original_build, original_plain
 
 
 @pytest.fixture(scope="module")

@@ -5,11 +5,27 @@ unless a docstring says otherwise.
 """
 import json
 import numbers
+import os
 
 import numpy as np
 from pycocotools import mask as mask_utils
 
 _TOP_KEYS = ("images", "annotations", "categories")
+# COCO 2017's 80 categories: model class c is category COCO_CATEGORY_IDS[c - 1], named COCO_CLASSES[c - 1].
+COCO_CATEGORY_IDS = (
+    1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 13, 14, 15, 16, 17, 18, 19, 20, 21, 22, 23, 24, 25, 27, 28, 31, 32, 33, 34,
+    35, 36, 37, 38, 39, 40, 41, 42, 43, 44, 46, 47, 48, 49, 50, 51, 52, 53, 54, 55, 56, 57, 58, 59, 60, 61, 62, 63,
+    64, 65, 67, 70, 72, 73, 74, 75, 76, 77, 78, 79, 80, 81, 82, 84, 85, 86, 87, 88, 89, 90)
+COCO_CLASSES = (
+    'person', 'bicycle', 'car', 'motorcycle', 'airplane', 'bus', 'train', 'truck', 'boat', 'traffic light',
+    'fire hydrant', 'stop sign', 'parking meter', 'bench', 'bird', 'cat', 'dog', 'horse', 'sheep', 'cow',
+    'elephant', 'bear', 'zebra', 'giraffe', 'backpack', 'umbrella', 'handbag', 'tie', 'suitcase', 'frisbee',
+    'skis', 'snowboard', 'sports ball', 'kite', 'baseball bat', 'baseball glove', 'skateboard', 'surfboard',
+    'tennis racket', 'bottle', 'wine glass', 'cup', 'fork', 'knife', 'spoon', 'bowl', 'banana', 'apple',
+    'sandwich', 'orange', 'broccoli', 'carrot', 'hot dog', 'pizza', 'donut', 'cake', 'chair', 'couch',
+    'potted plant', 'bed', 'dining table', 'toilet', 'tv', 'laptop', 'mouse', 'remote', 'keyboard', 'cell phone',
+    'microwave', 'oven', 'toaster', 'sink', 'refrigerator', 'book', 'clock', 'vase', 'scissors', 'teddy bear',
+    'hair drier', 'toothbrush')
 
 
 class CocoFormatError(ValueError):
@@ -96,6 +112,20 @@ def categories(data):
     return [c["id"] for c in cats], [c["name"] for c in cats]
 
 
+def resolve_categories(data_cfg):
+    """(category ids, class names) of the model's classes 1..N: `data.category_ids` / `data.classes`, else
+    the categories of the first split's ann_file that exists (sorted by id, as MMDetection)."""
+    if data_cfg.category_ids is not None:
+        ids = list(data_cfg.category_ids)
+        return ids, list(data_cfg.classes) if data_cfg.classes is not None else [str(i) for i in ids]
+    for split in ("train", "val", "test"):
+        ann_file = getattr(data_cfg, split).ann_file
+        if ann_file and os.path.isfile(ann_file):
+            return categories(load_coco(ann_file))
+    raise ValueError("data.category_ids is not set and no split's ann_file exists to read the categories from; "
+                     "set data.category_ids (and data.classes) in the config")
+
+
 def annotations_by_image(data):
     """{image id: [annotations]} in file order, every image present (those without annotations map to [])."""
     by_image = {image["id"]: [] for image in data["images"]}
@@ -128,7 +158,9 @@ def annotation_mask(segmentation, height, width):
 
 
 def encode_mask(mask):
-    """uint8 [H, W] 0/1 mask → COCO compressed RLE with an ascii 'counts' (JSON-serializable)."""
-    rle = mask_utils.encode(np.asfortranarray(mask.astype(np.uint8)))
-    rle["counts"] = rle["counts"].decode("ascii")
-    return rle
+    """0/1 masks → COCO compressed RLEs with an ascii 'counts' (JSON-serializable), as pycocotools' encode: [H, W]
+    gives one RLE, [H, W, K] a list (K masks; Fortran order spares a copy)."""
+    rles = mask_utils.encode(np.asfortranarray(mask, np.uint8))
+    if isinstance(rles, dict):
+        return dict(rles, counts=rles["counts"].decode("ascii"))
+    return [dict(rle, counts=rle["counts"].decode("ascii")) for rle in rles]

@@ -40,7 +40,8 @@ import time
 
 import numpy as np
 from PIL import Image, ImageDraw
-from pycocotools import mask as mask_utils
+
+from tfrcnn.data.coco import encode_mask
 
 CATEGORIES = [
     {"id": 1, "name": "circle"},
@@ -196,15 +197,13 @@ def _pick_colour(rng, background_mean, under):
 # ---------------------------------------------------------------------------------------------- COCO files
 
 def _coco_annotation(mask, category_id, image_id, annotation_id):
-    rle = mask_utils.encode(np.asfortranarray(mask.astype(np.uint8)))
-    rle["counts"] = rle["counts"].decode("ascii")
     rows = np.flatnonzero(mask.any(axis=1))
     cols = np.flatnonzero(mask.any(axis=0))
     x, y = int(cols[0]), int(rows[0])
     return {
         "id": annotation_id, "image_id": image_id, "category_id": category_id,
         "bbox": [float(x), float(y), float(cols[-1] + 1 - x), float(rows[-1] + 1 - y)],
-        "area": float(mask.sum()), "iscrowd": 0, "segmentation": rle,
+        "area": float(mask.sum()), "iscrowd": 0, "segmentation": encode_mask(mask),
     }
 
 

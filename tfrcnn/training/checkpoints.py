@@ -13,9 +13,7 @@ import re
 
 import tensorflow as tf
 
-from tfrcnn.config import load_config
-
-CONFIG_NAME = "config.yaml"
+from tfrcnn.config import CONFIG_NAME, load_config
 
 
 def _by_path(variables, owner):

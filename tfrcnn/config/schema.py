@@ -1,33 +1,14 @@
-"""Typed configuration: MMDetection's config tree as dataclasses, YAML with `_base_`, and overrides.
+"""The schema: MMDetection's config tree as dataclasses, with its names and its defaults.
 
-A config is YAML whose keys are MMDetection's names (`model.rpn_head.anchor_generator.scales`,
-`train_cfg.rcnn.sampler.num`, `test_cfg.rcnn.score_thr`, ...). `load_config` reads a file, merges its
-`_base_` files the way MMDetection's `Config` does, applies `--params_override` strings (`a.b=c,d.e=f`)
-and validates the result against the dataclasses below. The defaults of the dataclasses are the
-MMDetection's Mask R-CNN R50-FPN 1x values, so `Config()` is that model.
-
-Validation is generic: it follows each field's type (`Literal` choices, `Optional`, `Union`, `Tuple`,
-nested dataclasses); the few checks on values live in each section's `_checks`. Every failure is a
-`ConfigError` whose message names the file (or override) that set the value and the dotted key.
+The defaults are MMDetection's Mask R-CNN R50-FPN 1x on COCO, so `Config()` is that model. A section states the
+values it takes in its field types, `_ranges` and `_checks`; `tfrcnn.config.validate` enforces them.
 """
 import copy
-import dataclasses
-import difflib
-import functools
-import os
-import re
-import types
-import typing
 from dataclasses import dataclass, field
 from typing import Literal, Optional, Tuple, Union
 
-import yaml
-
-OVERRIDE_SOURCE = "--params_override"
-
-
-class ConfigError(ValueError):
-    """A config that cannot be used; the message starts with `<file or override>: <dotted.key>: `."""
+from tfrcnn.config import validate
+from tfrcnn.data.coco import COCO_CATEGORY_IDS, COCO_CLASSES
 
 
 def _sub(cls, **kwargs):
@@ -40,7 +21,7 @@ class _Section:
 
     # Keys MMDetection has and tfrcnn has not: {key: what to do instead}, for an error that says so.
     _removed = {}
-    # {field: the values it takes, as `_in_range` reads them}: ">= 1", "> 0", "[0, 1]", "[0, 1)", "-1 or >= 0".
+    # {field: the values it takes, as `in_range` reads them}: ">= 1", "> 0", "[0, 1]", "[0, 1)", "-1 or >= 0".
     # A tuple field's every element is checked.
     _ranges = {}
 
@@ -51,11 +32,11 @@ class _Section:
     @classmethod
     def from_dict(cls, d, source="<dict>"):
         """Validates a plain nested dict (as read from YAML) into this section; raises ConfigError."""
-        return _build(cls, d, "", _Origins(source))
+        return validate.build(cls, d, "", validate.Origins(source))
 
     def to_dict(self):
         """Plain nested dicts, lists and scalars: what YAML holds and `from_dict` takes back."""
-        return _plain(self)
+        return validate.plain(self)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -444,23 +425,6 @@ class TrainDatasetCfg(DatasetCfg):
     filter_empty_gt: bool = True  # training skips images without a (non-crowd) gt box, as MMDetection
 
 
-# COCO 2017's 80 categories: model class c is category COCO_CATEGORY_IDS[c - 1], named COCO_CLASSES[c - 1].
-COCO_CATEGORY_IDS = (
-    1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 13, 14, 15, 16, 17, 18, 19, 20, 21, 22, 23, 24, 25, 27, 28, 31, 32, 33, 34,
-    35, 36, 37, 38, 39, 40, 41, 42, 43, 44, 46, 47, 48, 49, 50, 51, 52, 53, 54, 55, 56, 57, 58, 59, 60, 61, 62, 63,
-    64, 65, 67, 70, 72, 73, 74, 75, 76, 77, 78, 79, 80, 81, 82, 84, 85, 86, 87, 88, 89, 90)
-COCO_CLASSES = (
-    'person', 'bicycle', 'car', 'motorcycle', 'airplane', 'bus', 'train', 'truck', 'boat', 'traffic light',
-    'fire hydrant', 'stop sign', 'parking meter', 'bench', 'bird', 'cat', 'dog', 'horse', 'sheep', 'cow',
-    'elephant', 'bear', 'zebra', 'giraffe', 'backpack', 'umbrella', 'handbag', 'tie', 'suitcase', 'frisbee',
-    'skis', 'snowboard', 'sports ball', 'kite', 'baseball bat', 'baseball glove', 'skateboard', 'surfboard',
-    'tennis racket', 'bottle', 'wine glass', 'cup', 'fork', 'knife', 'spoon', 'bowl', 'banana', 'apple',
-    'sandwich', 'orange', 'broccoli', 'carrot', 'hot dog', 'pizza', 'donut', 'cake', 'chair', 'couch',
-    'potted plant', 'bed', 'dining table', 'toilet', 'tv', 'laptop', 'mouse', 'remote', 'keyboard', 'cell phone',
-    'microwave', 'oven', 'toaster', 'sink', 'refrigerator', 'book', 'clock', 'vase', 'scissors', 'teddy bear',
-    'hair drier', 'toothbrush')
-
-
 @dataclass
 class DataCfg(_Section):
     _ranges = {"samples_per_gpu": ">= 1", "size_divisor": ">= 1", "pad_size": ">= 1", "max_instances": ">= 1",
@@ -682,393 +646,6 @@ class Config(_Section):
                 yield f"data.{key}", f"{len(given)} entries for model.roi_head.bbox_head.num_classes {num_classes}"
 
 
-# ---------------------------------------------------------------------------------------------------
-# validation: dict tree -> dataclasses, driven by the field types
-# ---------------------------------------------------------------------------------------------------
 
-
-class _Origins:
-    """Which file (or override) set each dotted key, so that an error points where the value came from."""
-
-    def __init__(self, default, by_key=None):
-        self.default = default
-        self.by_key = {} if by_key is None else by_key
-
-    def error(self, key, message):
-        if not key:
-            return ConfigError(f"{self.default}: {message}")
-        parts = re.sub(r"\[\d+\]", "", key).split(".")
-        for n in range(len(parts), 0, -1):
-            source = self.by_key.get(".".join(parts[:n]))
-            if source is not None:
-                break
-        else:
-            source = self.default
-        return ConfigError(f"{source}: {key}: {message}")
-
-
-@functools.lru_cache(maxsize=None)
-def _hints(cls):
-    return typing.get_type_hints(cls)
-
-
-def _join(key, name):
-    return f"{key}.{name}" if key else str(name)
-
-
-def _did_you_mean(name, candidates):
-    close = difflib.get_close_matches(str(name), [str(c) for c in candidates], n=1)
-    return f" (did you mean {close[0]!r}?)" if close else ""
-
-
-def _unknown_key(name, known):
-    return "unknown key" + (_did_you_mean(name, known) or f" (known: {', '.join(known)})")
-
-
-def _scalar(value):
-    """A Literal choice as YAML spells it: 'pytorch', false, 50."""
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    return repr(value)
-
-
-def _show(value):
-    """The value as an error message shows it: its YAML-ish type and a short repr."""
-    if value is None:
-        return "null"
-    kind = {dict: "mapping", list: "list", tuple: "list"}.get(type(value), type(value).__name__)
-    text = repr(value)
-    return f"{kind} {text if len(text) <= 60 else text[:57] + '...'}"
-
-
-def _is_union(tp):
-    return typing.get_origin(tp) in (Union, types.UnionType)
-
-
-def _describe(tp):
-    """A type as a message names it: int, [float, float], 'linear' or 'constant' or null, mapping, ..."""
-    if dataclasses.is_dataclass(tp):
-        return "mapping"
-    origin, args = typing.get_origin(tp), typing.get_args(tp)
-    if _is_union(tp):
-        return " or ".join("null" if a is type(None) else _describe(a) for a in args)
-    if origin is Literal:
-        return " or ".join(_scalar(a) for a in args)
-    if origin is tuple:
-        if len(args) == 2 and args[1] is Ellipsis:
-            return f"[{_describe(args[0])}, ...]"
-        return f"[{', '.join(_describe(a) for a in args)}]"
-    return tp.__name__
-
-
-def _convert(tp, value, key, origins):
-    """`value` (from YAML) checked against type `tp` and converted (lists → tuples, int → float)."""
-    if dataclasses.is_dataclass(tp):
-        return _build(tp, value, key, origins)
-    origin, args = typing.get_origin(tp), typing.get_args(tp)
-    if _is_union(tp):
-        if value is None and type(None) in args:
-            return None
-        arms = [a for a in args if a is not type(None)]
-        if len(arms) == 1 and value is not None:  # Optional[X]: X's own message is the precise one
-            return _convert(arms[0], value, key, origins)
-        for arm in arms:
-            try:
-                return _convert(arm, value, key, origins)
-            except ConfigError:
-                pass
-    elif origin is Literal:
-        # Exact type match: YAML's `true` must not pass for 1, nor 1 for `true`.
-        if any(type(value) is type(a) and value == a for a in args):
-            return value
-        kinds = {type(a) for a in args}
-        if len(kinds) == 1 and type(value) not in kinds:
-            raise origins.error(key, f"expected {next(iter(kinds)).__name__}, got {_show(value)}")
-        if len(args) == 1:  # a key kept for MMDetection's configs, with the one value tfrcnn implements
-            raise origins.error(key, f"only {_scalar(args[0])} is implemented, got {_show(value)}")
-        hint = _did_you_mean(value, [a for a in args if isinstance(a, str)]) if isinstance(value, str) else ""
-        raise origins.error(key, f"expected one of {', '.join(map(_scalar, args))}, got {_show(value)}{hint}")
-    elif origin is tuple:
-        if isinstance(value, (list, tuple)):
-            if len(args) == 2 and args[1] is Ellipsis:
-                args = (args[0],) * len(value)
-            if len(args) == len(value):
-                return tuple(_convert(a, v, f"{key}[{i}]", origins) for i, (a, v) in enumerate(zip(args, value)))
-    elif tp is float:
-        if type(value) in (int, float):
-            return float(value)
-    elif tp in (bool, int, str):
-        if type(value) is tp:  # bool is an int subclass: `type() is` keeps `true` out of int fields
-            return value
-    else:
-        raise TypeError(f"config field {key}: unsupported annotation {tp!r}")
-    raise origins.error(key, f"expected {_describe(tp)}, got {_show(value)}")
-
-
-def _build(cls, value, key, origins):
-    """A plain dict validated into the dataclass `cls`: unknown, missing and mistyped keys are errors."""
-    if not isinstance(value, dict):
-        raise origins.error(key, f"expected a mapping, got {_show(value)}")
-    fields = {f.name: f for f in dataclasses.fields(cls)}
-    for name in value:
-        if name in cls._removed:
-            raise origins.error(_join(key, name), f"not a tfrcnn key: {cls._removed[name]}")
-        if name not in fields:
-            raise origins.error(_join(key, name), _unknown_key(name, list(fields)))
-    kwargs = {}
-    for name, f in fields.items():
-        if name in value:
-            kwargs[name] = _convert(_hints(cls)[name], value[name], _join(key, name), origins)
-        elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
-            raise origins.error(_join(key, name), "required key is missing")
-    obj = cls(**kwargs)
-    for name, rule in cls._ranges.items():
-        value = getattr(obj, name)
-        if value is not None and not all(_in_range(v, rule) for v in _flatten((value,))):
-            raise origins.error(_join(key, name), f"must be {rule}, got {_show(value)}")
-    for name, message in obj._checks():
-        raise origins.error(_join(key, name), message)
-    return obj
-
-
-def _in_range(value, rule):
-    """Whether a number satisfies a `_ranges` rule: "-1 or <rule>", ">= a", "> a", or an interval "[a, b)"."""
-    if rule.startswith("-1 or "):
-        return value == -1 or _in_range(value, rule[len("-1 or "):])
-    if rule[0] in "[(":
-        lo, hi = (float(x) for x in rule[1:-1].split(","))
-        return (lo <= value if rule[0] == "[" else lo < value) and (value <= hi if rule[-1] == "]" else value < hi)
-    op, bound = rule.split()
-    return value >= float(bound) if op == ">=" else value > float(bound)
-
-
-def _flatten(values):
-    for v in values:
-        yield from (_flatten(v) if isinstance(v, tuple) else (v,))
-
-
-def _plain(value):
-    if dataclasses.is_dataclass(value):
-        return {f.name: _plain(getattr(value, f.name)) for f in dataclasses.fields(value)}
-    if isinstance(value, (list, tuple)):
-        return [_plain(v) for v in value]
-    return value
-
-
-# ---------------------------------------------------------------------------------------------------
-# YAML: reading, `_base_` and `_delete_`, overrides, dumping
-# ---------------------------------------------------------------------------------------------------
-
-
-class _Loader(yaml.SafeLoader):
-    """yaml.SafeLoader that reads `1e-5` as a float (YAML 1.1 wants `1.0e-5`) and rejects duplicate keys."""
-
-    def construct_mapping(self, node, deep=False):
-        seen = set()
-        for key_node, _ in node.value:
-            key = self.construct_object(key_node, deep=deep)
-            if key in seen:
-                raise yaml.constructor.ConstructorError(
-                    None, None, f"duplicate key {key!r}", key_node.start_mark)
-            seen.add(key)
-        return super().construct_mapping(node, deep=deep)
-
-
-_Loader.add_implicit_resolver(
-    "tag:yaml.org,2002:float", re.compile(r"^[-+]?[0-9][0-9_]*(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"),
-    list("-+0123456789"))
-
-
-class _Dumper(yaml.SafeDumper):
-    """Lists in flow style (`[4, 8, 16]`), mappings in block style."""
-
-
-_Dumper.add_representer(list, lambda d, v: d.represent_sequence("tag:yaml.org,2002:seq", v, flow_style=True))
-
-
-def _read_yaml(path):
-    try:
-        with open(path, encoding="utf-8") as f:
-            tree = yaml.load(f, Loader=_Loader)
-    except yaml.YAMLError as e:
-        raise ConfigError(f"{path}: invalid YAML: {e}") from None
-    if tree is None:
-        return {}
-    if not isinstance(tree, dict):
-        raise ConfigError(f"{path}: expected a mapping at the top level, got {_show(tree)}")
-    return tree
-
-
-def _merge(base, child, source, origins, prefix=""):
-    """`child` merged onto `base` (new dicts): dicts merge recursively, other values replace.
-
-    A dict in `child` with `_delete_: true` replaces the inherited dict instead. Each key `child` sets is
-    recorded in `origins` (dotted key → `source`) when `origins` is given.
-    """
-    out = dict(base)
-    for name, value in child.items():
-        key = _join(prefix, name)
-        if isinstance(value, dict):
-            value = dict(value)
-            delete = value.pop("_delete_", False)
-            if not isinstance(delete, bool):
-                raise ConfigError(f"{source}: {key}._delete_: expected bool, got {_show(delete)}")
-            inherited = out.get(name) if isinstance(out.get(name), dict) and not delete else {}
-            value = _merge(inherited, value, source, origins, key)
-        out[name] = value
-        if origins is not None:
-            origins[key] = source
-    return out
-
-
-def _load_tree(path, chain, origins):
-    """The merged dict of `path` and its `_base_` files; `chain` lists the files that include this one."""
-    chain = chain + [path]
-    tree = _read_yaml(path)
-    bases = tree.pop("_base_", [])
-    if isinstance(bases, str):
-        bases = [bases]
-    if not isinstance(bases, list) or not all(isinstance(b, str) for b in bases):
-        raise ConfigError(f"{path}: _base_: expected a path or a list of paths, got {_show(bases)}")
-    merged = {}
-    for base in bases:
-        base_path = os.path.normpath(os.path.join(os.path.dirname(path), base))
-        if not os.path.isfile(base_path):
-            raise ConfigError(f"{path}: _base_ file not found: {os.path.abspath(base_path)}")
-        reals = [os.path.realpath(p) for p in chain]
-        if os.path.realpath(base_path) in reals:
-            cycle = chain[reals.index(os.path.realpath(base_path)):] + [base_path]
-            raise ConfigError(f"{path}: _base_ cycle: {' -> '.join(cycle)}")
-        # Bases load (and record origins) in merge order, so the last writer of a key is its origin.
-        merged = _merge(merged, _load_tree(base_path, chain, origins), path, None)
-    return _merge(merged, tree, path, origins)
-
-
-def _split_overrides(text, source=OVERRIDE_SOURCE):
-    """Splits `a=1,b=[1, 2],c='x,y'` at the commas outside brackets and quoted scalars.
-
-    As in YAML, a quote opens a quoted scalar only where a scalar starts (after `=`, a bracket, a comma, a colon
-    or a space): in `classes=[box,o'ring],b=2` the apostrophe is part of `o'ring` and `b=2` is its own override.
-    """
-    items, depth, quote, start, previous = [], 0, None, 0, "="
-    for i, ch in enumerate(text):
-        if quote:
-            quote = None if ch == quote else quote
-        elif ch in "'\"" and previous in "=[{(,: ":
-            quote = ch
-        elif ch in "[{(":
-            depth += 1
-        elif ch in "]})":
-            depth -= 1
-        elif ch == "," and depth == 0:
-            items.append(text[start:i])
-            start = i + 1
-        previous = ch
-    if quote:
-        raise ConfigError(f"{source}: {text[start:].strip()!r}: the quote {quote} opened here is never closed")
-    items.append(text[start:])
-    return [item.strip() for item in items if item.strip()]
-
-
-def _section_type(tp):
-    """The dataclass behind a field type (`X` or `Optional[X]`), or None for a leaf."""
-    if dataclasses.is_dataclass(tp):
-        return tp
-    if _is_union(tp):
-        inner = [a for a in typing.get_args(tp) if dataclasses.is_dataclass(a)]
-        return inner[0] if len(inner) == 1 else None
-    return None
-
-
-def apply_overrides(tree, overrides, source=OVERRIDE_SOURCE, schema=Config, origins=None):
-    """A copy of the dict `tree` with `overrides` applied.
-
-    Args:
-      tree: nested dict, e.g. a YAML file with its `_base_` merged.
-      overrides: `a.b=c,d.e=f` (or a list of such strings). Values are YAML (`0.5`, `true`, `null`,
-        `[1333, 800]`, `{max_norm: 35}`, strings); commas inside brackets or quotes do not split.
-        A mapping value merges into the existing section, as a `_base_` child would.
-      source: names the overrides in error messages.
-      schema: the dataclass the keys must exist in; an unknown key is a ConfigError naming it.
-      origins: optional dict (dotted key → source) updated with the keys set here.
-    """
-    tree = copy.deepcopy(tree)
-    if not isinstance(overrides, str):
-        for item in overrides:
-            tree = apply_overrides(tree, item, source, schema, origins)
-        return tree
-    for item in _split_overrides(overrides, source):
-        dotted, eq, text = item.partition("=")
-        dotted = dotted.strip()
-        if not eq or not dotted:
-            raise ConfigError(f"{source}: {item!r}: expected key=value")
-        try:
-            value = yaml.load(text, Loader=_Loader)
-        except yaml.YAMLError as e:
-            raise ConfigError(f"{source}: {dotted}: value {text!r} is not valid YAML: {e}") from None
-        node, cls, parts = tree, schema, dotted.split(".")
-        for i, name in enumerate(parts):
-            key = ".".join(parts[: i + 1])
-            if cls is None:
-                raise ConfigError(f"{source}: {key}: unknown key ({'.'.join(parts[:i])} is a value, not a section)")
-            hints = _hints(cls)
-            if name in cls._removed:
-                raise ConfigError(f"{source}: {key}: not a tfrcnn key: {cls._removed[name]}")
-            if name not in hints:
-                raise ConfigError(f"{source}: {key}: {_unknown_key(name, list(hints))}")
-            if i == len(parts) - 1:
-                if isinstance(value, dict):
-                    value = _merge(node.get(name) if isinstance(node.get(name), dict) else {}, value, source,
-                                   origins, key)
-                node[name] = value
-                if origins is not None:
-                    origins[key] = source
-            else:
-                cls = _section_type(hints[name])
-                if not isinstance(node.get(name), dict):
-                    node[name] = {}  # e.g. a null optional section (grad_clip) that the override fills in
-                    if origins is not None:
-                        origins[key] = source
-                node = node[name]
-    return tree
-
-
-def load_config(path, overrides=None):
-    """Reads the YAML config at `path`, resolves `_base_`, applies `overrides` and validates.
-
-    Args:
-      path: a YAML file; its `_base_` (a path or list of paths, relative to the file) merge first, left
-        to right, then the file itself. A list of files merges them in order, each (with its bases) onto
-        the previous ones, as repeated `--config_file` flags do.
-      overrides: optional `a.b=c,d.e=f` string (or list of them), as `--params_override` takes.
-    Returns:
-      The `Config`. Raises `ConfigError` naming the file (or override) and dotted key of any problem.
-    """
-    paths = [os.fspath(p) for p in (path if isinstance(path, (list, tuple)) else [path])]
-    if not paths:
-        raise ConfigError("no config file given")
-    by_key, tree = {}, {}
-    for p in paths:
-        if not os.path.isfile(p):
-            raise ConfigError(f"{p}: config file not found: {os.path.abspath(p)}")
-        layer_keys = {}
-        layer = _load_tree(p, [], layer_keys)
-        tree = _merge(tree, layer, p, by_key) if tree else layer
-        by_key.update(layer_keys)
-    if overrides:
-        tree = apply_overrides(tree, overrides, origins=by_key)
-    return _build(Config, tree, "", _Origins(paths[-1], by_key))
-
-
-def dump_config(cfg):
-    """The resolved config as YAML text; `load_config` of it gives back an equal `Config`."""
-    header = "# Resolved tfrcnn config: every value the run used, base files merged in.\n"
-    return header + yaml.dump(cfg.to_dict(), Dumper=_Dumper, sort_keys=False, default_flow_style=False, width=110)
-
-
-def save_config(cfg, path):
-    """Writes `dump_config(cfg)` to `path` (e.g. next to the checkpoints), creating its directory."""
-    path = os.fspath(path)
-    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-    with open(path, "w", encoding="utf-8") as f:
-        f.write(dump_config(cfg))
+__all__ = [name for name, value in dict(globals()).items()
+           if isinstance(value, type) and issubclass(value, _Section) and not name.startswith("_")]
