@@ -29,20 +29,6 @@ SOURCE_ID, ORIGINAL_SIZE, SCALE = "source_id", "original_size", "scale"
 REQUIRED_KEYS = (GT_BOXES, GT_CLASSES, IMAGE_SIZE)
 
 
-def target_spec(batch_size, max_instances, mask_size=None, max_ignore=None):
-    """`tf.TensorSpec`s of a targets dict; `mask_size` None for Faster R-CNN, `max_ignore` None for no ignore boxes."""
-    spec = {
-        GT_BOXES: tf.TensorSpec([batch_size, max_instances, 4], tf.float32),
-        GT_CLASSES: tf.TensorSpec([batch_size, max_instances], tf.int32),
-        IMAGE_SIZE: tf.TensorSpec([batch_size, 2], tf.int32),
-    }
-    if mask_size is not None:
-        spec[GT_MASKS] = tf.TensorSpec([batch_size, max_instances, mask_size, mask_size], tf.float32)
-    if max_ignore is not None:
-        spec[IGNORE_BOXES] = tf.TensorSpec([batch_size, max_ignore, 4], tf.float32)
-    return spec
-
-
 def check_targets(targets, with_mask):
     """Raises a ValueError naming what a targets dict lacks; returns it with `ignore_boxes` filled in if absent."""
     if not isinstance(targets, dict):

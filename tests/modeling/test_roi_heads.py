@@ -4,13 +4,11 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
-import torch
-from torchvision.models.detection.faster_rcnn import FastRCNNPredictor, TwoMLPHead
-from torchvision.models.detection.mask_rcnn import MaskRCNNHeads, MaskRCNNPredictor
 
 from tfrcnn.config import (BBoxHeadCfg, BBoxLossCfg, MaskHeadCfg, RCNNTestCfg, RCNNTrainCfg, RoIExtractorCfg,
                            RoIHeadCfg, RoILayerCfg, SamplerCfg)
-from tfrcnn.modeling.roi_heads import FCNMaskHead, Shared2FCBBoxHead, StandardRoIHead
+from tfrcnn.modeling.heads import FCNMaskHead
+from tfrcnn.modeling.roi_heads import StandardRoIHead
 from tfrcnn.ops.roi_align import multilevel_roi_pool
 
 C = 4  # FPN channels in the small heads
@@ -46,114 +44,6 @@ def controlled(head, cls_bias, reg_bias=None, mask_bias=None):
     return head
 
 
-def count(layer):
-    return sum(int(np.prod(v.shape)) for v in layer.weights)
-
-
-# ------------------------------------------------------------------------------------------------ the two heads
-
-def test_bbox_head_shapes():
-    head = Shared2FCBBoxHead(BBoxHeadCfg(in_channels=C, fc_out_channels=16, num_classes=NUM_CLASSES))
-    cls, deltas = head(tf.zeros([2, 5, 7, 7, C]))
-    assert cls.shape == (2, 5, NUM_CLASSES + 1) and deltas.shape == (2, 5, NUM_CLASSES, 4)
-    assert cls.dtype == deltas.dtype == tf.float32
-    agnostic = Shared2FCBBoxHead(BBoxHeadCfg(in_channels=C, fc_out_channels=16, reg_class_agnostic=True))
-    assert agnostic(tf.zeros([1, 3, 7, 7, C]))[1].shape == (1, 3, 1, 4)
-    with pytest.raises(ValueError, match="expected"):
-        Shared2FCBBoxHead(BBoxHeadCfg(in_channels=C)).build((1, 3, 5, 5, C))
-
-
-def test_bbox_head_parameter_count():
-    head = Shared2FCBBoxHead(BBoxHeadCfg())
-    head.build()
-    # fc6: 256·7·7 = 12544 inputs → 1024: 12,845,056 weights + 1024 biases; fc7: 1024·1024 + 1024;
-    # fc_cls: 1024·81 + 81 (80 classes + background); fc_reg: 1024·320 + 320 (4 per class).
-    expected = (12544 * 1024 + 1024) + (1024 * 1024 + 1024) + (1024 * 81 + 81) + (1024 * 320 + 320)
-    assert expected == 12_846_080 + 1_049_600 + 83_025 + 328_000 == 14_306_705
-    assert count(head) == expected
-    # torchvision at 91 classes (background included) = ours at 90 classes + its background regression row block.
-    tv = sum(p.numel() for m in (TwoMLPHead(12544, 1024), FastRCNNPredictor(1024, 91)) for p in m.parameters())
-    ours90 = Shared2FCBBoxHead(BBoxHeadCfg(num_classes=90))
-    ours90.build()
-    assert tv == count(ours90) + 1024 * 4 + 4
-
-
-def test_init_statistics():
-    head = Shared2FCBBoxHead(BBoxHeadCfg(in_channels=16, fc_out_channels=256, num_classes=80))
-    head.build()
-    np.testing.assert_allclose(np.std(head.fc_cls.kernel.numpy()), 0.01, rtol=0.05)
-    np.testing.assert_allclose(np.std(head.fc_reg.kernel.numpy()), 0.001, rtol=0.05)
-    # Xavier uniform: U(±sqrt(6 / (fan_in + fan_out))).
-    limit = math.sqrt(6 / (16 * 49 + 256))
-    kernel = head.shared_fcs[0].kernel.numpy()
-    assert kernel.max() <= limit and kernel.min() >= -limit and kernel.max() > 0.95 * limit
-    mask = FCNMaskHead(MaskHeadCfg(num_convs=1, in_channels=64, conv_out_channels=64, num_classes=80))
-    mask.build()
-    # Kaiming normal, fan_out, ReLU gain: std = sqrt(2 / (out_channels · kh · kw)).
-    np.testing.assert_allclose(np.std(mask.convs[0].kernel.numpy()), math.sqrt(2 / (64 * 9)), rtol=0.05)
-    np.testing.assert_allclose(np.std(mask.upsample.kernel.numpy()), math.sqrt(2 / (64 * 4)), rtol=0.05)
-    np.testing.assert_allclose(np.std(mask.conv_logits.kernel.numpy()), math.sqrt(2 / 80), rtol=0.1)
-    assert all(not np.any(v.numpy()) for v in head.weights + mask.weights if v.name == "bias")
-
-
-def test_mask_head_shapes_and_parameter_count():
-    head = FCNMaskHead(MaskHeadCfg(num_convs=2, in_channels=C, conv_out_channels=8, num_classes=NUM_CLASSES))
-    out = head(tf.zeros([2, 5, 14, 14, C]))
-    assert out.shape == (2, 5, 28, 28, NUM_CLASSES) and out.dtype == tf.float32
-    # Default: 4 × (3·3·256·256 + 256) + (2·2·256·256 + 256) + (256·80 + 80).
-    default = FCNMaskHead(MaskHeadCfg())
-    default.build()
-    assert count(default) == 4 * 590_080 + 262_400 + 20_560 == 2_643_280
-    # torchvision at 91 classes (its channel 0 is background) = ours at 90 + one logits channel.
-    tv = sum(p.numel() for m in (MaskRCNNHeads(256, [256] * 4, 1), MaskRCNNPredictor(256, 256, 91))
-             for p in m.parameters())
-    ours90 = FCNMaskHead(MaskHeadCfg(num_classes=90))
-    ours90.build()
-    assert tv == count(ours90) + 256 + 1
-
-
-def test_mask_head_matches_torchvision():
-    torch.manual_seed(0)
-    tv_convs, tv_pred = MaskRCNNHeads(8, [16] * 4, 1).eval(), MaskRCNNPredictor(16, 16, 6).eval()
-    head = FCNMaskHead(MaskHeadCfg(num_convs=4, in_channels=8, conv_out_channels=16, num_classes=5))
-    head.build()
-    conv = lambda w: w.detach().permute(2, 3, 1, 0).numpy()  # (O, I, kh, kw) → (kh, kw, I, O)
-    for i, layer in enumerate(head.convs):
-        layer.set_weights([conv(tv_convs[i][0].weight), tv_convs[i][0].bias.detach().numpy()])
-    # ConvTranspose (I, O, kh, kw) → Conv2DTranspose (kh, kw, O, I): the same permutation.
-    head.upsample.set_weights([conv(tv_pred.conv5_mask.weight), tv_pred.conv5_mask.bias.detach().numpy()])
-    # torchvision's channel 0 is background; ours starts at class 1.
-    logits = tv_pred.mask_fcn_logits
-    head.conv_logits.set_weights([conv(logits.weight[1:]), logits.bias[1:].detach().numpy()])
-    x = np.random.default_rng(1).normal(size=(2, 3, 14, 14, 8)).astype(np.float32)
-    with torch.no_grad():
-        expected = tv_pred(tv_convs(torch.from_numpy(x.reshape(6, 14, 14, 8)).permute(0, 3, 1, 2)))
-    expected = expected[:, 1:].permute(0, 2, 3, 1).numpy().reshape(2, 3, 28, 28, 5)
-    np.testing.assert_allclose(head(tf.constant(x)).numpy(), expected, atol=1e-4)
-
-
-def test_bbox_head_matches_torchvision():
-    torch.manual_seed(0)
-    s, c, fc = 7, 8, 32
-    tv_head, tv_pred = TwoMLPHead(c * s * s, fc).eval(), FastRCNNPredictor(fc, 6).eval()
-    head = Shared2FCBBoxHead(BBoxHeadCfg(in_channels=c, fc_out_channels=fc, num_classes=5))
-    head.build()
-    # fc6 reads NCHW-flattened features (index c·49 + y·7 + x); ours reads NHWC ((y·7 + x)·C + c).
-    fc6 = tv_head.fc6.weight.detach().reshape(fc, c, s, s).permute(2, 3, 1, 0).reshape(s * s * c, fc).numpy()
-    head.shared_fcs[0].set_weights([fc6, tv_head.fc6.bias.detach().numpy()])
-    head.shared_fcs[1].set_weights([tv_head.fc7.weight.detach().T.numpy(), tv_head.fc7.bias.detach().numpy()])
-    head.fc_cls.set_weights([tv_pred.cls_score.weight.detach().T.numpy(), tv_pred.cls_score.bias.detach().numpy()])
-    # bbox_pred's first 4 rows regress the background class, which we do not have.
-    head.fc_reg.set_weights([tv_pred.bbox_pred.weight.detach()[4:].T.numpy(),
-                             tv_pred.bbox_pred.bias.detach()[4:].numpy()])
-    x = np.random.default_rng(2).normal(size=(1, 10, s, s, c)).astype(np.float32)
-    with torch.no_grad():
-        cls, reg = tv_pred(tv_head(torch.from_numpy(x[0]).permute(0, 3, 1, 2)))
-    ours_cls, ours_reg = head(tf.constant(x))
-    np.testing.assert_allclose(ours_cls.numpy()[0], cls.numpy(), atol=1e-4)
-    np.testing.assert_allclose(ours_reg.numpy()[0], reg.numpy().reshape(10, 6, 4)[:, 1:], atol=1e-4)
-
-
 # ------------------------------------------------------------------------------------------------ losses
 
 # One image, one gt of class 2: G = [0, 0, 32, 32] (y1, x1, y2, x2). Proposals: A = [0, 0, 32, 40] (IoU 1024 / 1280
@@ -187,7 +77,7 @@ def hand_losses(head, function=False, **kwargs):
                 gt_boxes=tf.constant(GT), gt_classes=tf.constant(GT_CLASSES), gt_masks=tf.constant(GT_MASKS),
                 ignore_boxes=None, seed=tf.constant([1, 2]))
     args.update(kwargs)
-    losses = (tf.function(head.losses) if function else head.losses)(**args)
+    losses = (tf.function(head.loss_terms) if function else head.loss_terms)(**args)
     return {k: (float(s), float(n)) for k, (s, n) in losses.items()}
 
 
@@ -237,7 +127,7 @@ def test_roi_pool_extractor():
     head = StandardRoIHead(small_cfg(roi_type="RoIPool"))
     feats, rois = features(), tf.constant(PROPOSALS)
     expected = multilevel_roi_pool(feats[:4], rois, 7, (4, 8, 16, 32), 56)
-    np.testing.assert_array_equal(head.extract(feats, rois, head.cfg.bbox_roi_extractor), expected)
+    np.testing.assert_array_equal(head.bbox_roi_extractor(feats, rois), expected)
     losses = hand_losses(head)
     assert all(np.isfinite(v).all() for v in losses.values())
 
@@ -251,14 +141,14 @@ def test_degenerate_batches_are_finite():
     # Image 1 has no gt at all (all padding).
     gt = tf.constant(GT + [[[0.0] * 4] * 2])
     with tf.GradientTape() as tape:
-        losses = head.losses(feats, proposals, valid, gt, tf.constant(GT_CLASSES + [[0, 0]]), masks, None, [3, 4])
+        losses = head.loss_terms(feats, proposals, valid, gt, tf.constant(GT_CLASSES + [[0, 0]]), masks, None, [3, 4])
         total = sum(s / tf.maximum(n, 1.0) for s, n in losses.values())
     grads = tape.gradient(total, head.trainable_weights)
     assert np.isfinite(float(total)) and all(np.isfinite(g.numpy()).all() for g in grads)
     assert float(losses["mask"][1]) == 2 * 784  # only image 0 has positives
     # No positive anywhere: box and mask sums are 0 with count 0 for the mask; CE still counts the negatives.
     with tf.GradientTape() as tape:
-        losses = head.losses(feats, proposals, valid, gt * 0, tf.zeros([2, 2], tf.int32), masks, None, [3, 4])
+        losses = head.loss_terms(feats, proposals, valid, gt * 0, tf.zeros([2, 2], tf.int32), masks, None, [3, 4])
         total = sum(s / tf.maximum(n, 1.0) for s, n in losses.values())
     grads = tape.gradient(total, head.trainable_weights)
     assert all(np.isfinite(g.numpy()).all() for g in grads if g is not None)
@@ -279,7 +169,7 @@ def test_gradients_reach_every_head_weight_and_not_the_proposals():
     gt = tf.constant(GT)
     with tf.GradientTape(persistent=True) as tape:
         tape.watch(feats + [proposals, gt])
-        losses = head.losses(feats, proposals, tf.constant(PROPOSALS_VALID), gt, tf.constant(GT_CLASSES),
+        losses = head.loss_terms(feats, proposals, tf.constant(PROPOSALS_VALID), gt, tf.constant(GT_CLASSES),
                              tf.constant(GT_MASKS), None, tf.constant([1, 2]))
         total = sum(s / tf.maximum(n, 1.0) for s, n in losses.values())
     grads = tape.gradient(total, head.trainable_weights)
@@ -312,7 +202,7 @@ def test_mask_rois_positives_and_static_give_the_same_losses_and_gradients(gt_sc
     def run(mode):
         head.train_cfg.mask_rois = mode
         with tf.GradientTape() as tape:
-            losses = head.losses(feats, tf.constant(PROPOSALS * 2), tf.constant(PROPOSALS_VALID * 2), gt, classes,
+            losses = head.loss_terms(feats, tf.constant(PROPOSALS * 2), tf.constant(PROPOSALS_VALID * 2), gt, classes,
                                  tf.constant(np.ones([2, 2, 16, 16], np.float32)), None, tf.constant([3, 4]))
             total = sum(s / tf.maximum(n, 1.0) for s, n in losses.values())
         grads = tape.gradient(total, head.trainable_weights)
@@ -424,7 +314,7 @@ def test_mixed_bfloat16():
         head.build()
         assert head.bbox_head.fc_cls.kernel.dtype == "float32"
         feats = [tf.cast(f, tf.bfloat16) for f in features()]
-        assert head.extract(feats, tf.constant(PROPOSALS), head.cfg.bbox_roi_extractor).dtype == tf.bfloat16
+        assert head.bbox_roi_extractor(feats, tf.constant(PROPOSALS)).dtype == tf.bfloat16
         losses = hand_losses(head, features=feats)
         assert all(np.isfinite(v).all() for v in losses.values())
         out = head.predict(feats, tf.constant(PREDICT_PROPOSALS), tf.ones([1, 4], tf.bool), tf.constant(IMAGE_SIZE))

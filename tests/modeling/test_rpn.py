@@ -76,7 +76,7 @@ def _hand_losses(head_kw=None, train_kw=None, gt=(GT,), classes=(1,), batch_extr
         sizes = tf.concat([sizes, sizes], 0)
     if ignore is not None:
         ignore = tf.constant(ignore, tf.float32)
-    out = head.losses(logits, deltas, anchors, gt_boxes, gt_classes, ignore, sizes, SEED)
+    out = head.loss_terms(logits, deltas, anchors, gt_boxes, gt_classes, ignore, sizes, SEED)
     return {k: (float(s), float(c)) for k, (s, c) in out.items()}
 
 
@@ -152,7 +152,7 @@ def test_use_sigmoid_false_is_rejected():
 def test_losses_need_train_cfg():
     head = RPNHead(_head_cfg(), None)
     with pytest.raises(ValueError, match="train_cfg"):
-        head.losses([tf.zeros([1, 4])], [tf.zeros([1, 4, 4])], [tf.constant(ANCHORS)], tf.zeros([1, 1, 4]),
+        head.loss_terms([tf.zeros([1, 4])], [tf.zeros([1, 4, 4])], [tf.constant(ANCHORS)], tf.zeros([1, 1, 4]),
                     tf.zeros([1, 1], tf.int32), None, tf.constant([IMAGE]), SEED)
 
 
@@ -239,7 +239,7 @@ def test_config_round_trip_and_channel_check():
 
 
 def test_keras_model_losses_property_still_works():
-    # RPNHead.losses shadows Layer.losses; a Model collects add_loss terms of sublayers without that name.
+    # RPNHead's losses are loss_terms: Layer.losses, the add_loss list a Model collects, stays Keras' own.
     class Net(keras.Model):
         def __init__(self):
             super().__init__()
@@ -259,7 +259,7 @@ def test_mixed_bfloat16_outputs_float32():
     logits, deltas = head(feats)
     assert head.rpn_conv.compute_dtype == "bfloat16" and head.rpn_conv.kernel.dtype == "float32"
     assert logits[0].dtype == tf.float32 and deltas[0].dtype == tf.float32
-    out = head.losses(logits, deltas, head.anchors(IMAGE, feats), tf.constant([[GT]]), tf.constant([[1]]),
+    out = head.loss_terms(logits, deltas, head.anchors(IMAGE, feats), tf.constant([[GT]]), tf.constant([[1]]),
                       None, tf.constant([IMAGE]), SEED)
     assert all(np.isfinite(float(v)) for pair in out.values() for v in pair)
 
@@ -289,7 +289,7 @@ def test_gradients_reach_every_weight_and_tf_function_matches_eager():
         with tf.GradientTape() as tape:
             logits, deltas = head(feats)
             anchors = head.anchors((64, 64), feats)
-            losses = head.losses(logits, deltas, anchors, gt, classes, None, sizes, seed)
+            losses = head.loss_terms(logits, deltas, anchors, gt, classes, None, sizes, seed)
             total = sum(s / tf.maximum(c, 1.0) for s, c in losses.values())
         grads = tape.gradient(total, head.trainable_weights)
         proposals = head.get_proposals(logits, deltas, anchors, sizes, proposal_cfg)
@@ -313,7 +313,7 @@ def test_losses_compile_with_xla():
     anchors = head.anchors((64, 64), feats)
 
     def losses(logits, deltas, gt, classes, sizes, seed):
-        return head.losses(logits, deltas, anchors, gt, classes, None, sizes, seed)
+        return head.loss_terms(logits, deltas, anchors, gt, classes, None, sizes, seed)
 
     xla = tf.function(losses, jit_compile=True)(logits, deltas, gt, classes, sizes, SEED)
     for a, b in zip(tf.nest.flatten(xla), tf.nest.flatten(losses(logits, deltas, gt, classes, sizes, SEED))):
@@ -436,7 +436,7 @@ def test_losses_match_torchvision_when_every_anchor_is_sampled():
     rng = np.random.default_rng(2)
     logits = [rng.normal(size=(2, a.shape[0])).astype(np.float32) for a in anchors]
     deltas = [rng.normal(0, 0.5, size=(2, a.shape[0], 4)).astype(np.float32) for a in anchors]
-    out = head.losses([tf.constant(t) for t in logits], [tf.constant(t) for t in deltas], anchors, gt, classes,
+    out = head.loss_terms([tf.constant(t) for t in logits], [tf.constant(t) for t in deltas], anchors, gt, classes,
                       None, sizes, SEED)
     tv = tv_rpn.RegionProposalNetwork(None, None, 0.7, 0.3, n, 1.0, dict(training=1, testing=1),
                                       dict(training=1, testing=1), 0.7)
@@ -470,7 +470,7 @@ coord = st.floats(0, 64, width=32)
 def test_loss_counts_and_finiteness(boxes, present, seed, border):
     gt = np.array([[min(y1, y2), min(x1, x2), max(y1, y2), max(x1, x2)] for y1, x1, y2, x2 in boxes], np.float32)
     _HEAD.train_cfg = _train_cfg(num=32, pos_fraction=0.25, allowed_border=border)
-    out = _HEAD.losses(_LOGITS, _DELTAS, _ANCHORS, tf.constant(gt[None].repeat(2, 0)),
+    out = _HEAD.loss_terms(_LOGITS, _DELTAS, _ANCHORS, tf.constant(gt[None].repeat(2, 0)),
                        tf.constant([present, [True, False]], tf.int32), None, tf.constant([[64, 64], [48, 40]]),
                        tf.constant([seed, 7]))
     (cls_sum, cls_count), (bbox_sum, bbox_count) = [[float(v) for v in out[k]] for k in ("rpn_cls", "rpn_bbox")]

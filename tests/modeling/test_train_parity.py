@@ -157,9 +157,9 @@ def tfrcnn_step(model, images, targets, proposals, proposals_valid):
     with tf.GradientTape() as tape:
         features, logits, deltas = model._features(images, training=True)
         anchors = model.rpn_head.anchors(images.shape[1:3], features)
-        terms = dict(model.rpn_head.losses(logits, deltas, anchors, t["gt_boxes"], t["gt_classes"], None,
+        terms = dict(model.rpn_head.loss_terms(logits, deltas, anchors, t["gt_boxes"], t["gt_classes"], None,
                                            t["image_size"], seeds))
-        terms.update(model.roi_head.losses(features, proposals, proposals_valid, t["gt_boxes"], t["gt_classes"],
+        terms.update(model.roi_head.loss_terms(features, proposals, proposals_valid, t["gt_boxes"], t["gt_classes"],
                                            t["gt_masks"], None, seeds, gt_mask_boxes=t["gt_mask_boxes"]))
         losses = {k: s / c for k, (s, c) in terms.items()}
         total = tf.add_n(list(losses.values()))

@@ -3,7 +3,7 @@ fasterrcnn_resnet50_fpn detection checkpoints onto a whole detector.
 
 tfrcnn's ResNet names its layers after torchvision's state dict (module path with '.' → '_', see
 `tfrcnn.modeling.resnet`); the FPN, RPN and RoI heads keep MMDetection's names, and their docstrings
-(`tfrcnn.modeling.rpn`, `tfrcnn.modeling.roi_heads`) give the torchvision key of each layer. Converting is a name
+(`tfrcnn.modeling.rpn`, `tfrcnn.modeling.heads`) give the torchvision key of each layer. Converting is a name
 table plus layout changes:
 
   torch Conv2d weight (O, I, kh, kw)          → Keras kernel (kh, kw, I, O); bias as is

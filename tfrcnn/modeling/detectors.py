@@ -125,11 +125,11 @@ class TwoStageDetector(keras.Model):
         image_size = tf.cast(targets[structures.IMAGE_SIZE], tf.int32)
         features, logits, deltas = self._dense_forward(images, training=training)
         anchors = self.rpn_head.anchors(images.shape[1:3], features)
-        terms = dict(self.rpn_head.losses(logits, deltas, anchors, gt_boxes, gt_classes, ignore, image_size,
+        terms = dict(self.rpn_head.loss_terms(logits, deltas, anchors, gt_boxes, gt_classes, ignore, image_size,
                                           seeds + [RPN_SEED_SALT, 0]))
         proposals, _, valid = self.rpn_head.get_proposals(logits, deltas, anchors, image_size,
                                                           self.config.train_cfg.rpn_proposal)
-        terms.update(self.roi_head.losses(features, proposals, valid, gt_boxes, gt_classes,
+        terms.update(self.roi_head.loss_terms(features, proposals, valid, gt_boxes, gt_classes,
                                           targets.get(structures.GT_MASKS), ignore, seeds + [RCNN_SEED_SALT, 0],
                                           gt_mask_boxes=targets.get(structures.GT_MASK_BOXES)))
         return terms

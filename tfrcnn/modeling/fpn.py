@@ -21,6 +21,7 @@ import numpy as np
 import tensorflow as tf
 
 from tfrcnn.config import NeckCfg
+from tfrcnn.modeling.layers import ConfiguredLayer
 from tfrcnn.modeling.resnet import PaddedConv2D
 
 
@@ -67,7 +68,7 @@ def spatial_size(x):
 
 
 @keras.saving.register_keras_serializable("tfrcnn")
-class FPN(keras.layers.Layer):
+class FPN(ConfiguredLayer):
     """MMDetection's FPN, configured by `NeckCfg` (`model.neck`).
 
     Args:
@@ -78,6 +79,7 @@ class FPN(keras.layers.Layer):
       levels from start_level, then the extra levels (P2..P6 for the default config).
     Init: convs xavier uniform, biases 0 (MMDetection's FPN).
     """
+    SECTIONS = {"cfg": NeckCfg}
 
     def __init__(self, cfg=None, name="neck", **kwargs):
         super().__init__(name=name, **kwargs)
@@ -138,11 +140,3 @@ class FPN(keras.layers.Layer):
             b, h, w, c = shapes[-1]
             shapes.append((b, ceil_half(h), ceil_half(w), c))
         return shapes
-
-    def get_config(self):
-        return {**super().get_config(), "cfg": self.cfg.to_dict()}
-
-    @classmethod
-    def from_config(cls, config):
-        config = dict(config)
-        return cls(NeckCfg.from_dict(config.pop("cfg")), **config)

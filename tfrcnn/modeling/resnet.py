@@ -32,6 +32,7 @@ import keras
 import tensorflow as tf
 
 from tfrcnn.config import BackboneCfg, NormCfg
+from tfrcnn.modeling.layers import ConfiguredLayer
 
 
 def _onednn_enabled():
@@ -311,7 +312,7 @@ _ARCHS = {18: (BasicBlock, (2, 2, 2, 2)), 34: (BasicBlock, (3, 4, 6, 3)),
 
 
 @keras.saving.register_keras_serializable("tfrcnn")
-class ResNet(keras.layers.Layer):
+class ResNet(ConfiguredLayer):
     """MMDetection's ResNet backbone, configured by `BackboneCfg` (`model.backbone`).
 
     Args:
@@ -322,6 +323,7 @@ class ResNet(keras.layers.Layer):
       (64×96 → C5 2×3, 65×97 → C5 3×4). Outputs follow the layer's dtype policy (bfloat16 under mixed_bfloat16).
     Attributes: out_channels and strides of the returned maps, e.g. [256, 512, 1024, 2048] and [4, 8, 16, 32].
     """
+    SECTIONS = {"cfg": BackboneCfg}
 
     def __init__(self, cfg=None, name="backbone", **kwargs):
         super().__init__(name=name, **kwargs)
@@ -413,11 +415,3 @@ class ResNet(keras.layers.Layer):
             if i in self.cfg.out_indices:
                 shapes.append((b, h, w, next(channels)))
         return shapes
-
-    def get_config(self):
-        return {**super().get_config(), "cfg": self.cfg.to_dict()}
-
-    @classmethod
-    def from_config(cls, config):
-        config = dict(config)
-        return cls(BackboneCfg.from_dict(config.pop("cfg")), **config)

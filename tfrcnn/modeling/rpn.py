@@ -17,19 +17,18 @@ then the base anchors, which is the order of `tfrcnn.ops.anchors.AnchorGenerator
 
 Boxes (anchors, gt, proposals) are [y1, x1, y2, x2] in padded-network-input pixels.
 """
-import math
-
 import keras
 import tensorflow as tf
 
 from tfrcnn.config import RPNHeadCfg, RPNTrainCfg
 from tfrcnn.modeling.fpn import spatial_size
+from tfrcnn.modeling.layers import ConfiguredLayer
 from tfrcnn.modeling.losses import bbox_loss
 from tfrcnn.ops.anchors import anchor_generator_from_config
-from tfrcnn.ops.assign import max_iou_assign
-from tfrcnn.ops.boxes import area, clip_boxes, decode_boxes, encode_boxes
+from tfrcnn.ops.assign import MaxIoUAssigner
+from tfrcnn.ops.boxes import DeltaXYWHBBoxCoder, clip_boxes
 from tfrcnn.ops.nms import multilevel_proposals
-from tfrcnn.ops.sample import random_sample
+from tfrcnn.ops.sample import RandomSampler
 
 
 def _normal_init():
@@ -62,14 +61,15 @@ def anchor_inside_flags(anchors, image_size, allowed_border):
             & (y2 < size[..., 0] + b) & (x2 < size[..., 1] + b))  # strict, as MMDetection
 
 
-class RPNHead(keras.layers.Layer):
+class RPNHead(ConfiguredLayer):
     """MMDetection's RPNHead with a sigmoid objectness per anchor.
 
     Args:
       cfg: `RPNHeadCfg` (model.rpn_head): channels, anchor generator, box coder and losses.
       train_cfg: `RPNTrainCfg` (train_cfg.rpn): assigner, sampler, allowed_border, pos_weight; may be None
-        for a model that only predicts (then `losses` raises).
+        for a model that only predicts (then `loss_terms` raises).
     """
+    SECTIONS = {"cfg": RPNHeadCfg, "train_cfg": RPNTrainCfg}
 
     def __init__(self, cfg: RPNHeadCfg, train_cfg: RPNTrainCfg = None, name="rpn_head", **kwargs):
         super().__init__(name=name, **kwargs)
@@ -79,6 +79,7 @@ class RPNHead(keras.layers.Layer):
         self.cfg = cfg
         self.train_cfg = train_cfg
         self.anchor_generator = anchor_generator_from_config(cfg.anchor_generator)
+        self.bbox_coder = DeltaXYWHBBoxCoder(cfg.bbox_coder)
         self.num_anchors = self.anchor_generator.num_base_anchors
         common = dict(bias_initializer="zeros", dtype=self.dtype_policy)
         self.rpn_conv = keras.layers.Conv2D(cfg.feat_channels, 3, padding="same", activation="relu",
@@ -87,6 +88,17 @@ class RPNHead(keras.layers.Layer):
                                            name="rpn_cls", **common)
         self.rpn_reg = keras.layers.Conv2D(4 * self.num_anchors, 1, kernel_initializer=_normal_init(),
                                            name="rpn_reg", **common)
+
+    @property
+    def train_cfg(self):
+        return self._train_cfg
+
+    @train_cfg.setter
+    def train_cfg(self, train_cfg):
+        """The training settings, and the assigner and sampler built from them (None for a model that predicts)."""
+        self._train_cfg = train_cfg
+        self.assigner = None if train_cfg is None else MaxIoUAssigner(train_cfg.assigner)
+        self.sampler = None if train_cfg is None else RandomSampler(train_cfg.sampler)
 
     def build(self, input_shape=None):
         """Creates the weights for `cfg.in_channels` input channels (`input_shape`, if given, is checked)."""
@@ -131,11 +143,8 @@ class RPNHead(keras.layers.Layer):
         """
         return self.anchor_generator(tuple(image_shape), [spatial_size(f) for f in features])
 
-    def losses(self, logits, deltas, anchors, gt_boxes, gt_classes, ignore_boxes, image_size, seed):
+    def loss_terms(self, logits, deltas, anchors, gt_boxes, gt_classes, ignore_boxes, image_size, seed):
         """RPN training losses as (sum, count) pairs.
-
-        Note: this replaces Keras' `Layer.losses` property (the add_loss list) on this layer; a model's
-        `losses` still works, since Keras collects sublayers' add_loss terms without this name.
 
         Args:
           logits, deltas: `call`'s outputs (lists over levels).
@@ -144,50 +153,35 @@ class RPNHead(keras.layers.Layer):
           ignore_boxes: float32 [B, K, 4] ignore regions (all-zero rows are padding), or None; used when
             train_cfg.assigner.ignore_iof_thr > 0.
           image_size: int32 [B, 2], each image's true (h, w); used by allowed_border >= 0.
-          seed: int32 [2], the stateless seed of the sampler.
+          seed: int32 [2] or per-image [B, 2], the stateless seed of the sampler.
         Returns:
           {"rpn_cls": (sum, count), "rpn_bbox": (sum, count)}: float32 scalars, sums already multiplied by
           their loss_weight, both counts the number of sampled anchors in the batch (MMDetection's avg_factor).
         """
         tcfg = self.train_cfg
         if tcfg is None:
-            raise ValueError("RPNHead.losses needs a train_cfg")
-        acfg, scfg = tcfg.assigner, tcfg.sampler
+            raise ValueError("RPNHead.loss_terms needs a train_cfg")
         logits = tf.concat([tf.cast(t, tf.float32) for t in logits], axis=1)  # [B, N]
         deltas = tf.concat([tf.cast(t, tf.float32) for t in deltas], axis=1)  # [B, N, 4]
         anchors = tf.concat(anchors, axis=0)  # [N, 4]
         gt_boxes = tf.cast(gt_boxes, tf.float32)
-
-        ignore_valid = None
-        if ignore_boxes is not None and acfg.ignore_iof_thr > 0:
-            ignore_boxes = tf.cast(ignore_boxes, tf.float32)
-            ignore_valid = area(ignore_boxes) > 0  # all-zero padding rows, and empty boxes, ignore nothing
-        else:
-            ignore_boxes = None
         inside = anchor_inside_flags(anchors, image_size, tcfg.allowed_border) if tcfg.allowed_border >= 0 else None
-        gt_inds, _, matched = max_iou_assign(
-            anchors, gt_boxes, gt_classes > 0, acfg.pos_iou_thr, acfg.neg_iou_thr, acfg.min_pos_iou,
-            acfg.match_low_quality, acfg.gt_max_assign_all, ignore_boxes=ignore_boxes, ignore_valid=ignore_valid,
-            ignore_iof_thr=acfg.ignore_iof_thr, ignore_wrt_candidates=acfg.ignore_wrt_candidates, boxes_valid=inside,
-            low_quality_gt=acfg.low_quality_gt)
-        indices, valid, positive = random_sample(gt_inds, scfg.num, scfg.pos_fraction, seed, scfg.neg_pos_ub)
-        valid_f, positive_f = tf.cast(valid, tf.float32), tf.cast(positive, tf.float32)
+        sample = self.sampler.sample(self.assigner, anchors, gt_boxes, gt_classes > 0, seed, inside, ignore_boxes)
+        positive = sample.positive
+        valid_f, positive_f = tf.cast(sample.valid, tf.float32), tf.cast(positive, tf.float32)
         count = tf.reduce_sum(valid_f)
 
-        bce = tf.nn.sigmoid_cross_entropy_with_logits(positive_f, tf.gather(logits, indices, batch_dims=1))
+        bce = tf.nn.sigmoid_cross_entropy_with_logits(positive_f, tf.gather(logits, sample.indices, batch_dims=1))
         pos_weight = tcfg.pos_weight if tcfg.pos_weight > 0 else 1.0
         cls_weight = valid_f * tf.where(positive, pos_weight, 1.0)
         cls_sum = tf.reduce_sum(bce * cls_weight) * self.cfg.loss_cls.loss_weight
 
-        coder = self.cfg.bbox_coder
-        sampled_anchors = tf.gather(anchors, indices)  # [B, S, 4]
-        matched_gt = tf.gather(gt_boxes, tf.gather(matched, indices, batch_dims=1), batch_dims=1)
+        matched_gt = tf.gather(gt_boxes, sample.matched, batch_dims=1)
         # Non-positive slots may match a padding gt (a zero box, log 0): their target is the anchor itself,
         # so that no inf or NaN enters the (masked) loss or its gradient.
-        matched_gt = tf.where(positive[..., None], matched_gt, sampled_anchors)
-        targets = tf.stop_gradient(encode_boxes(matched_gt, sampled_anchors, coder.target_means,
-                                                coder.target_stds))
-        bbox = bbox_loss(tf.gather(deltas, indices, batch_dims=1), targets, self.cfg.loss_bbox)
+        matched_gt = tf.where(positive[..., None], matched_gt, sample.boxes)
+        targets = tf.stop_gradient(self.bbox_coder.encode(matched_gt, sample.boxes))
+        bbox = bbox_loss(tf.gather(deltas, sample.indices, batch_dims=1), targets, self.cfg.loss_bbox)
         bbox_sum = tf.reduce_sum(bbox * positive_f[..., None]) * self.cfg.loss_bbox.loss_weight
         return {"rpn_cls": (cls_sum, count), "rpn_bbox": (bbox_sum, count)}
 
@@ -203,8 +197,6 @@ class RPNHead(keras.layers.Layer):
           scores: float32 [B, cfg.max_per_img] objectness probabilities;
           valid: bool [B, cfg.max_per_img]. Sorted by score, padding last; no gradient flows through them.
         """
-        coder = self.cfg.bbox_coder
-        max_ratio = abs(math.log(coder.wh_ratio_clip))
         boxes, scores, keep = [], [], []
         for level_logits, level_deltas, level_anchors in zip(logits, deltas, anchors):
             level_logits = tf.stop_gradient(tf.cast(level_logits, tf.float32))
@@ -215,9 +207,8 @@ class RPNHead(keras.layers.Layer):
             k = n if cfg.nms_pre <= 0 else tf.minimum(cfg.nms_pre, n) if tf.is_tensor(n) else min(cfg.nms_pre, n)
             # The sigmoid is monotonic: ranking logits ranks scores.
             top_logits, top = tf.math.top_k(level_logits, k=k)
-            level_boxes = decode_boxes(tf.gather(level_deltas, top, batch_dims=1), tf.gather(level_anchors, top),
-                                       coder.target_means, coder.target_stds, clamp=coder.delta_clamp,
-                                       max_ratio=max_ratio)
+            level_boxes = self.bbox_coder.decode(tf.gather(level_deltas, top, batch_dims=1),
+                                                 tf.gather(level_anchors, top))
             level_boxes = clip_boxes(level_boxes, image_size)
             y1, x1, y2, x2 = tf.unstack(level_boxes, 4, axis=-1)
             boxes.append(level_boxes)
@@ -226,17 +217,3 @@ class RPNHead(keras.layers.Layer):
         proposals, proposal_scores, valid = multilevel_proposals(
             boxes, scores, cfg.nms_thr, cfg.max_per_img, cfg.nms_across_levels, keep)
         return tuple(tf.stop_gradient(t) for t in (proposals, proposal_scores, valid))
-
-    def get_config(self):
-        config = super().get_config()
-        config.update(cfg=self.cfg.to_dict(),
-                      train_cfg=None if self.train_cfg is None else self.train_cfg.to_dict())
-        return config
-
-    @classmethod
-    def from_config(cls, config):
-        config = dict(config)
-        cfg = RPNHeadCfg.from_dict(config.pop("cfg"))
-        train_cfg = config.pop("train_cfg")
-        train_cfg = None if train_cfg is None else RPNTrainCfg.from_dict(train_cfg)
-        return cls(cfg, train_cfg, **config)

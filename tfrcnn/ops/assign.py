@@ -7,7 +7,7 @@ Results use MMDetection's `gt_inds` convention, so a reader of MMDetection's cod
 """
 import tensorflow as tf
 
-from tfrcnn.ops.boxes import pairwise_iof, pairwise_iou
+from tfrcnn.ops.boxes import area, pairwise_iof, pairwise_iou
 
 IGNORED, NEGATIVE = -1, 0
 
@@ -94,3 +94,26 @@ def max_iou_assign(boxes, gt_boxes, gt_valid, pos_iou_thr, neg_iou_thr, min_pos_
         else:
             raise ValueError(f"max_iou_assign: low_quality_gt {low_quality_gt!r}: expected 'claiming' or 'best'")
     return gt_inds, max_overlaps, matched
+
+
+class MaxIoUAssigner:
+    """`max_iou_assign` with the settings of one `assigner` config section (train_cfg.rpn or train_cfg.rcnn).
+
+    `assign(boxes, gt_boxes, gt_valid, ignore_boxes=None, boxes_valid=None)` → (gt_inds, max_overlaps, matched).
+    An ignore row of positive area is a region (COCO crowd boxes); the rest, the all-zero padding among them,
+    ignore nothing. Ignore regions count only with ignore_iof_thr > 0.
+    """
+
+    def __init__(self, cfg):
+        self.cfg = cfg
+
+    def assign(self, boxes, gt_boxes, gt_valid, ignore_boxes=None, boxes_valid=None):
+        c, ignore_valid = self.cfg, None
+        if ignore_boxes is not None and c.ignore_iof_thr > 0:
+            ignore_boxes = tf.cast(ignore_boxes, tf.float32)
+            ignore_valid = area(ignore_boxes) > 0
+        else:
+            ignore_boxes = None
+        return max_iou_assign(boxes, gt_boxes, gt_valid, c.pos_iou_thr, c.neg_iou_thr, c.min_pos_iou,
+                              c.match_low_quality, c.gt_max_assign_all, ignore_boxes, ignore_valid, c.ignore_iof_thr,
+                              c.ignore_wrt_candidates, boxes_valid, c.low_quality_gt)

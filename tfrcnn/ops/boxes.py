@@ -140,3 +140,18 @@ def decode_boxes(deltas, anchors, target_means=(0.0, 0.0, 0.0, 0.0), target_stds
     cy, cx = py + ph * dy, px + pw * dx
     h, w = ph * tf.exp(dh), pw * tf.exp(dw)
     return tf.stack([cy - 0.5 * h, cx - 0.5 * w, cy + 0.5 * h, cx + 0.5 * w], axis=-1)
+
+
+class DeltaXYWHBBoxCoder:
+    """MMDetection's DeltaXYWHBBoxCoder with the settings of one `bbox_coder` config section: `encode_boxes` and
+    `decode_boxes` with its target means and stds, dw and dh clamped at |log(wh_ratio_clip)| as delta_clamp says."""
+
+    def __init__(self, cfg):
+        self.cfg, self.max_ratio = cfg, abs(math.log(cfg.wh_ratio_clip))
+
+    def encode(self, boxes, anchors):
+        return encode_boxes(boxes, anchors, self.cfg.target_means, self.cfg.target_stds)
+
+    def decode(self, deltas, anchors):
+        c = self.cfg
+        return decode_boxes(deltas, anchors, c.target_means, c.target_stds, c.delta_clamp, self.max_ratio)

@@ -3,6 +3,8 @@
 MMDetection samples a variable number of boxes per image. Here the output always has `num` slots per image,
 with a validity mask, so that a batch keeps one static shape (shapes are static in training: README, "Conventions").
 """
+import collections
+
 import tensorflow as tf
 
 
@@ -127,3 +129,34 @@ def random_sample(gt_inds, num, pos_fraction, seed, neg_pos_ub=-1):
         indices, valid, positive = [tf.pad(t, pad) for t in (indices, valid, positive)]
     indices = tf.where(valid, indices, 0)
     return indices, valid, positive
+
+
+# One stage's sampled boxes: `boxes` [B, num, 4] the sampled candidates; `indices` int32 [B, num] into the candidates
+# (the gt first when add_gt_as_proposals); `valid`, `positive` bool [B, num]; `matched` int32 [B, num], the gt of
+# each slot (meaningful where positive).
+Sample = collections.namedtuple("Sample", ["boxes", "indices", "valid", "positive", "matched"])
+
+
+class RandomSampler:
+    """`random_sample` with the settings of one `sampler` config section, and MMDetection's assign-then-sample step
+    of a stage: `sample(assigner, boxes, gt_boxes, gt_valid, seed, boxes_valid=None, ignore_boxes=None)`.
+
+    boxes: the candidates, [N, 4] (anchors shared by the batch) or [B, N, 4] (proposals), with `boxes_valid` bool
+    [B, N] (None: all); gt_boxes [B, M, 4] with gt_valid bool [B, M]; ignore_boxes [B, K, 4] or None; all in the same
+    pixel frame. With add_gt_as_proposals the gt boxes join the candidates first, each a positive of its own gt.
+    Returns a `Sample`.
+    """
+
+    def __init__(self, cfg):
+        self.cfg = cfg
+
+    def sample(self, assigner, boxes, gt_boxes, gt_valid, seed, boxes_valid=None, ignore_boxes=None):
+        c = self.cfg
+        if c.add_gt_as_proposals:
+            boxes, boxes_valid = add_gt_as_proposals(boxes, boxes_valid, gt_boxes, gt_valid)
+        gt_inds, _, matched = assigner.assign(boxes, gt_boxes, gt_valid, ignore_boxes, boxes_valid)
+        if c.add_gt_as_proposals:
+            gt_inds, matched = assign_gt_proposals_to_themselves(gt_inds, matched, gt_valid)
+        indices, valid, positive = random_sample(gt_inds, c.num, c.pos_fraction, seed, c.neg_pos_ub)
+        sampled = tf.gather(boxes, indices, batch_dims=0 if boxes.shape.rank == 2 else 1)
+        return Sample(sampled, indices, valid, positive, tf.gather(matched, indices, batch_dims=1))
