@@ -12,7 +12,7 @@ import tensorflow as tf
 
 import tfrcnn
 from tfrcnn import export
-from tfrcnn.data.pipeline import preprocess_for_inference
+from tfrcnn.inference import Transform
 from tfrcnn.ops.masks import paste_masks
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -70,7 +70,7 @@ def _image(h, w, seed):
 
 def _reference(model, config, image):
     """The in-process Keras path: preprocess, model, boxes / scale clipped to the image, classes → category ids."""
-    padded, image_size, scale = preprocess_for_inference(tf.constant(image), config.data)
+    padded, image_size, scale = Transform(config.data).preprocess(tf.constant(image))
     out = {k: v.numpy() for k, v in model({"images": padded[None], "image_size": image_size[None]}).items()}
     h, w = image.shape[:2]
     sy, sx = scale.numpy()
@@ -207,7 +207,7 @@ def test_size_divisor_padding_and_torchvision_paste(exported):
     torchvision pastes them with test_cfg.rcnn.mask_paste 'torchvision'."""
     model, image = exported["model"], exported["decoded"][0]
     config = tfrcnn.load_config(TINY, "data.test_padding=size_divisor,test_cfg.rcnn.mask_paste=torchvision," + OVERRIDES)
-    padded, _, _ = preprocess_for_inference(tf.constant(image), config.data)
+    padded, _, _ = Transform(config.data).preprocess(tf.constant(image))
     assert padded.shape == (96, 128, 3)  # 90x120 resized to 96x128, already a multiple of 32
     module = export.DetectionModule(model, config, paste_masks=True)
     got = {k: v.numpy()[0] for k, v in module.detect(image[None]).items()}

@@ -1,10 +1,10 @@
 """Inference on raw images, in process or as a TensorFlow SavedModel.
 
-`DetectionModule` wraps a detector with exactly the preprocessing of evaluation
-(`tfrcnn.data.pipeline.preprocess_for_inference`: keep-ratio resize, normalize, pad to the config's static canvas
-or, with data.test_padding 'size_divisor', to the batch's largest image rounded up to size_divisor) and maps the detections back to each ORIGINAL image: boxes in original pixels, classes as the
-dataset's category ids. `export_saved_model` saves it with Model Garden's serving signatures (`image_tensor`,
-`image_bytes`, `tf_example`), a label map and the resolved config:
+`DetectionModule` wraps a detector between `tfrcnn.inference`'s `Transform` (the preprocessing of evaluation:
+keep-ratio resize, normalize, pad to the config's static canvas or, with data.test_padding 'size_divisor', to the
+batch's largest image rounded up to size_divisor) and `Postprocessor` (detections mapped back to each ORIGINAL
+image: boxes in original pixels, classes as the dataset's category ids). `export_saved_model` saves it with Model
+Garden's serving signatures (`image_tensor`, `image_bytes`, `tf_example`), a label map and the resolved config:
 
     module = DetectionModule(model, config)
     out = module.detect(images_uint8)            # [B, H, W, 3]
@@ -19,26 +19,25 @@ Outputs (a dict of tensors; K = test_cfg.rcnn.max_per_img):
   image_info         float32 [B, 4, 2]: [[orig_h, orig_w], [scaled_h, scaled_w], [y_scale, x_scale], [0, 0]].
   detection_masks    float32 [B, K, 28, 28] (Mask R-CNN): probabilities in each box's frame, as Model Garden.
   detection_masks_image  uint8 [B, K, H, W] 0/1 (with paste_masks=True): masks pasted into the original image
-                     as test_cfg.rcnn.mask_paste says, thresholded at test_cfg.rcnn.mask_thr_binary. A batch of images of different sizes
-                     (image_bytes, tf_example) is pasted at the batch's largest height and width: image b's masks
-                     fill [:orig_h_b, :orig_w_b] and are 0 beyond.
+                     as test_cfg.rcnn.mask_paste says, thresholded at test_cfg.rcnn.mask_thr_binary. A batch of
+                     images of different sizes (image_bytes, tf_example) is pasted at the batch's largest height and
+                     width: image b's masks fill [:orig_h_b, :orig_w_b] and are 0 beyond.
 """
 import json
 import os
 
 import tensorflow as tf
 
-from tfrcnn.config import save_config
-from tfrcnn.data import pipeline
-from tfrcnn.ops.masks import paste_masks as _paste_masks
+from tfrcnn.config import CONFIG_NAME, save_config
+from tfrcnn.inference import Postprocessor, Transform
 
 INPUT_TYPES = ("image_tensor", "image_bytes", "tf_example")
 IMAGE_KEY = "image/encoded"  # Model Garden's (and tfrcnn.data.tfrecord's) key of the encoded image
-LABEL_MAP_JSON, LABEL_MAP_PBTXT, CONFIG_NAME = "label_map.json", "label_map.pbtxt", "config.yaml"
+LABEL_MAP_JSON, LABEL_MAP_PBTXT = "label_map.json", "label_map.pbtxt"
 
 _IMAGES_SPEC = tf.TensorSpec([None, None, None, 3], tf.uint8, name="inputs")
 _STRINGS_SPEC = tf.TensorSpec([None], tf.string, name="inputs")
-# One preprocessed, unpadded image [h, (w), 3]: images of a batch may differ in size until pad_batch pads them.
+# One preprocessed, unpadded image [h, (w), 3]: images of a batch may differ in size until Transform.pad pads them.
 _RAGGED_IMAGE = tf.RaggedTensorSpec([None, None, 3], tf.float32, ragged_rank=1)
 
 
@@ -62,19 +61,14 @@ class DetectionModule(tf.Module):
         # the traced functions capture.
         object.__setattr__(self, "model", model)
         self.model_variables = list(model.variables)
-        self._config = config
-        self._data_cfg = config.data
         self._paste = paste_masks
-        self._mask_threshold = float(config.test_cfg.rcnn.mask_thr_binary)
-        self._paste_mode = config.test_cfg.rcnn.mask_paste
-        category_ids, self.class_names = pipeline.resolve_categories(config.data)
-        self.category_ids = [int(i) for i in category_ids]
-        self._class_to_id = tf.constant([0] + self.category_ids, tf.int32)  # class 0 (padding) stays 0
+        self.transform = Transform(config.data)
+        self.postprocess = Postprocessor.from_config(config)
 
     @property
     def label_map(self):
         """{category id: name} of the classes 1..N."""
-        return dict(zip(self.category_ids, self.class_names))
+        return self.postprocess.label_map
 
     @tf.function(input_signature=[_IMAGES_SPEC])
     def detect(self, images):
@@ -83,13 +77,13 @@ class DetectionModule(tf.Module):
                           "image_tensor: inputs must be uint8 [batch, height, width, 3]")
 
         def one(image):  # every image of the batch has one size, so the resized ones stack densely
-            return pipeline.preprocess_for_inference(image, self._data_cfg, pad=False)
+            return self.transform.preprocess(image, pad=False)
 
         resized, image_size, scale = tf.map_fn(
             one, images, fn_output_signature=(tf.TensorSpec([None, None, 3], tf.float32), tf.int32, tf.float32))
         shape = tf.shape(images)
         original_size = tf.tile(shape[None, 1:3], [shape[0], 1])
-        return self._detect(pipeline.pad_batch(resized, self._data_cfg), image_size, scale, original_size)
+        return self._detect(self.transform.pad(resized), image_size, scale, original_size)
 
     @tf.function(input_signature=[_STRINGS_SPEC])
     def detect_bytes(self, encoded):
@@ -100,12 +94,12 @@ class DetectionModule(tf.Module):
         def one(data):
             image = tf.io.decode_image(data, channels=3, expand_animations=False)
             image.set_shape([None, None, 3])
-            resized, image_size, scale = pipeline.preprocess_for_inference(image, self._data_cfg, pad=False)
+            resized, image_size, scale = self.transform.preprocess(image, pad=False)
             return tf.RaggedTensor.from_tensor(resized), image_size, scale, tf.shape(image)[:2]
 
         resized, image_size, scale, original_size = tf.map_fn(
             one, encoded, fn_output_signature=(_RAGGED_IMAGE, tf.int32, tf.float32, tf.int32))
-        return self._detect(pipeline.pad_batch(resized, self._data_cfg), image_size, scale, original_size)
+        return self._detect(self.transform.pad(resized), image_size, scale, original_size)
 
     @tf.function(input_signature=[_STRINGS_SPEC])
     def detect_examples(self, serialized):
@@ -116,37 +110,13 @@ class DetectionModule(tf.Module):
         return self.detect_bytes(features[IMAGE_KEY])
 
     def _detect(self, padded, image_size, scale, original_size):
-        """Runs the model on preprocessed images and maps its outputs to the original images.
+        """The model on preprocessed images, its outputs mapped to the original images.
 
         padded float32 [B, Hp, Wp, 3]; image_size int32 [B, 2] resized (h, w); scale float32 [B, 2] resized /
         original (y, x); original_size int32 [B, 2] (h, w).
         """
         outputs = self.model({"images": padded, "image_size": image_size}, training=False)
-        size = tf.cast(original_size, tf.float32)
-        # Images sit top-left in the padded input: original = input / scale, no offset.
-        boxes = tf.cast(outputs["detection_boxes"], tf.float32) / tf.tile(scale, [1, 2])[:, None, :]
-        boxes = tf.clip_by_value(boxes, 0.0, tf.tile(size, [1, 2])[:, None, :])
-        result = {
-            "detection_boxes": boxes,
-            "detection_scores": tf.cast(outputs["detection_scores"], tf.float32),
-            "detection_classes": tf.gather(self._class_to_id, tf.cast(outputs["detection_classes"], tf.int32)),
-            "num_detections": tf.cast(outputs["num_detections"], tf.int32),
-            "image_info": tf.stack([size, tf.cast(image_size, tf.float32), scale, tf.zeros_like(scale)], axis=1),
-        }
-        if "detection_masks" in outputs:
-            result["detection_masks"] = tf.cast(outputs["detection_masks"], tf.float32)
-            if self._paste:
-                result["detection_masks_image"] = self._paste_into_images(result["detection_masks"], boxes,
-                                                                          original_size)
-        return result
-
-    def _paste_into_images(self, masks, boxes, original_size):
-        """uint8 [B, K, H, W] at the batch's largest (H, W); each image's masks are zero beyond its own size."""
-        height, width = tf.reduce_max(original_size[:, 0]), tf.reduce_max(original_size[:, 1])
-        pasted = _paste_masks(masks, boxes, (height, width), mode=self._paste_mode, threshold=self._mask_threshold)
-        inside = tf.logical_and(tf.range(height)[None, :, None] < original_size[:, 0, None, None],
-                                tf.range(width)[None, None, :] < original_size[:, 1, None, None])  # [B, H, W]
-        return pasted * tf.cast(inside, tf.uint8)[:, None]
+        return self.postprocess(outputs, image_size, scale, original_size, paste=self._paste)
 
 
 def _checked(x, shape, message):

@@ -20,7 +20,7 @@ import tensorflow as tf
 import torch
 
 from no_torch import run_without_torch
-from tfrcnn.data import pipeline
+from tfrcnn.inference import Transform
 from tfrcnn.export import DetectionModule
 from tfrcnn.training.checkpoints import load_model
 from torchvision_detection import box_iou, reference_detector, run_reference
@@ -84,7 +84,7 @@ def test_converted_model_matches_torchvision(converted):
     module = DetectionModule(model, config, paste_masks=config.model.with_mask)
     for name, image in IMAGES.items():
         ref = expected[name]
-        padded, image_size, _ = pipeline.preprocess_for_inference(tf.constant(image), config.data)
+        padded, image_size, _ = Transform(config.data).preprocess(tf.constant(image))
         assert tuple(image_size.numpy()) == ref["image_size"] and tuple(padded.shape[:2]) == ref["padded_size"]
         features, logits, deltas = model._features(padded[None], training=False)
         for level, (ours, theirs) in enumerate(zip(features, ref["fpn"])):

@@ -12,6 +12,7 @@ from coco_fixtures import CATEGORY_IDS, crop_reference, write_coco
 from tfrcnn import structures
 from tfrcnn.config import Config
 from tfrcnn.data import pipeline, tfrecord
+from tfrcnn.inference import Transform
 
 CROP = 16
 MEAN, STD = np.array([123.675, 116.28, 103.53]), np.array([58.395, 57.12, 57.375])
@@ -397,13 +398,13 @@ def test_model_garden_example_with_masks_goes_through_the_pipeline(tmp_path):
 
 
 def test_preprocess_for_inference_is_the_eval_batch(dataset):
-    """Exported models preprocess with preprocess_for_inference: it must give the evaluation batch's image."""
+    """Exported models preprocess with inference.Transform: it must give the evaluation batch's image."""
     cfg = make_config({"tfrecord": dataset["tfrecord"]}, img_norm_cfg={"mean": [1, 2, 3], "std": [4, 5, 6],
                                                                       "to_rgb": False})
     items = unbatch(pipeline.build_dataset(cfg, "val", training=False))
     for image_id, name in [(1, "scène_1.png"), (2, "gray.png")]:
         rgb = np.asarray(Image.open(os.path.join(dataset["img_prefix"], name)).convert("RGB"))
-        image, size, scale = pipeline.preprocess_for_inference(tf.constant(rgb), cfg.data)
+        image, size, scale = Transform(cfg.data).preprocess(tf.constant(rgb))
         np.testing.assert_array_equal(size.numpy(), items[image_id]["image_size"])
         np.testing.assert_array_equal(scale.numpy(), items[image_id]["scale"])
         np.testing.assert_allclose(image.numpy(), items[image_id]["image"], atol=1e-5)
@@ -413,41 +414,6 @@ def test_count_images(dataset):
     cfg = make_config({"tfrecord": dataset["tfrecord"]})
     assert pipeline.count_images(cfg, "train", training=True) == 3  # image 4 has no gt
     assert pipeline.count_images(cfg, "val", training=False) == 4
-
-
-def test_torchvision_resize_floors_its_sides_in_float64():
-    """torchvision: scale = min(800 / short, 1333 / long), sides floor(side * scale) computed in float64."""
-    cfg = Config.from_dict({"data": {"img_scale": [1333, 800], "resize_rounding": "floor", "test_padding": "size_divisor"}})
-    sizes = lambda h, w, c=cfg: tuple(pipeline.resized_size(h, w, 1333.0, 800.0, c.data, fit_pad=False).numpy())  # noqa: E731
-    assert sizes(480, 640) == (800, 1066)  # 640 * 5/3 = 1066.67
-    assert sizes(427, 640) == (800, 1199)  # 640 * 800/427 = 1199.06
-    assert sizes(300, 1000) == (399, 1333)  # the long side binds: 300 * 1.333 = 399.9
-    assert sizes(1066, 800) == (1066, 800)  # scale 1.0 exactly
-    half_up = Config.from_dict({"data": {"img_scale": [1333, 800]}})
-    assert sizes(480, 640, half_up) == (800, 1067)  # MMDetection rounds half up
-    # float32 would make 480 * (800 / 480) = 799.99994 and floor it to 799
-    assert sizes(480, 481) == (800, 801)
-
-
-@pytest.mark.parametrize("normalize_first", [False, True])
-def test_size_divisor_padding_and_either_normalization_order(normalize_first):
-    cfg = Config.from_dict({"data": {"img_scale": [96, 64], "resize_rounding": "floor", "test_padding": "size_divisor",
-                                     "normalize_before_resize": normalize_first}})
-    rng = np.random.default_rng(0)
-    image = rng.integers(0, 256, (40, 70, 3)).astype(np.uint8)  # factor min(96/70, 64/40) = 1.3714 → 54 x 96
-    padded, size, scale = pipeline.preprocess_for_inference(tf.constant(image), cfg.data)
-    assert tuple(size.numpy()) == (54, 96) and padded.shape == (64, 96, 3)
-    np.testing.assert_allclose(scale.numpy(), [54 / 40, 96 / 70], rtol=1e-6)
-    expected = (tf.image.resize(image.astype(np.float32), (54, 96)).numpy() - MEAN) / STD
-    np.testing.assert_allclose(padded.numpy()[:54], expected, atol=2e-5)  # the orders differ by rounding only
-    assert not padded.numpy()[54:].any()
-    unpadded, _, _ = pipeline.preprocess_for_inference(tf.constant(image), cfg.data, pad=False)
-    assert unpadded.shape == (54, 96, 3)
-    # a batch of two sizes is padded to the larger, rounded up to size_divisor
-    small, _, _ = pipeline.preprocess_for_inference(tf.constant(image[:20, :30]), cfg.data, pad=False)
-    batch = pipeline.pad_batch(tf.ragged.stack([tf.RaggedTensor.from_tensor(t) for t in (unpadded, small)]), cfg.data)
-    assert batch.shape == (2, 64, 96, 3)
-    np.testing.assert_array_equal(batch[1, :small.shape[0], :small.shape[1]].numpy(), small.numpy())
 
 
 def test_size_divisor_eval_batches_pad_each_batch_to_its_largest_image(dataset):

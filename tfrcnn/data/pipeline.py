@@ -19,6 +19,8 @@ import tensorflow as tf
 
 from tfrcnn import structures
 from tfrcnn.data import coco, tfrecord
+from tfrcnn.inference import Transform
+from tfrcnn.ops.image import pad_to, rescaled_size, resize_and_normalize
 
 AUTOTUNE = tf.data.AUTOTUNE
 log = logging.getLogger("tfrcnn.data")
@@ -108,20 +110,6 @@ def check_masks(file_pattern, max_records=32):
         raise ValueError(f"{files[0]}: not a readable TFRecord shard ({e.message.splitlines()[0]})") from e
 
 
-def resolve_categories(data_cfg):
-    """(category ids, class names) of the model's classes 1..N: `data.category_ids` / `data.classes`, else
-    the categories of the first split's ann_file that exists (sorted by id, as MMDetection)."""
-    if data_cfg.category_ids is not None:
-        ids = list(data_cfg.category_ids)
-        return ids, list(data_cfg.classes) if data_cfg.classes is not None else [str(i) for i in ids]
-    for split in ("train", "val", "test"):
-        ann_file = getattr(data_cfg, split).ann_file
-        if ann_file and tf.io.gfile.exists(ann_file):
-            return coco.categories(coco.load_coco(ann_file))
-    raise ValueError("data.category_ids is not set and no split's ann_file exists to read the categories from; "
-                     "set data.category_ids (and data.classes) in the config")
-
-
 class CorruptImages(list):
     """Images skipped because they did not decode: 'source_id <id> (<filename>) in <file>' per entry."""
 
@@ -150,7 +138,7 @@ def build_dataset(config, split, training, batch_size=None, input_context=None, 
     split_cfg = getattr(data_cfg, split)
     seed = config.runtime.seed
     with_mask = config.model.with_mask
-    category_ids, _ = resolve_categories(data_cfg)
+    category_ids, _ = coco.resolve_categories(data_cfg)
     if with_mask and split_cfg.tfrecord:
         check_masks(split_cfg.tfrecord)  # now, rather than as a tf.data error once training has begun
     records = _records(split_cfg, with_mask, training, seed, data_cfg.shuffle_buffer, input_context)
@@ -168,7 +156,7 @@ def build_dataset(config, split, training, batch_size=None, input_context=None, 
     transform = _Transform(data_cfg, with_mask, training)
     ds = ds.map(transform, num_parallel_calls=AUTOTUNE)
     batch_size = batch_size or data_cfg.samples_per_gpu
-    if training or data_cfg.test_padding == "pad_size":
+    if training or transform.test.static:
         ds = ds.batch(batch_size, drop_remainder=training, num_parallel_calls=AUTOTUNE)
     else:  # images of several sizes: each batch padded to its largest (all multiples of size_divisor)
         ds = ds.padded_batch(batch_size)
@@ -189,7 +177,7 @@ def count_images(config, split, training=True):
     `filter_empty_gt` keeps (corrupt images are not detected here). Reads every record once: a damaged
     TFRecord shard raises ValueError naming it (`input_errors`)."""
     split_cfg = getattr(config.data, split)
-    category_ids, _ = resolve_categories(config.data)
+    category_ids, _ = coco.resolve_categories(config.data)
     records = _records(split_cfg, False, False, 0, 1, None)
     ds = records.map(lambda source, record: tfrecord.parse_example(record), num_parallel_calls=AUTOTUNE)
     if training and split_cfg.filter_empty_gt:
@@ -212,7 +200,7 @@ def count_training_images(config, batch_size):
     with input_errors(split_cfg.tfrecord):
         for image_labels in labels.as_numpy_iterator():  # only on this error path: a pass over the labels
             images, found = images + 1, found | set(image_labels.tolist())
-    wanted = resolve_categories(config.data)[0]
+    wanted = coco.resolve_categories(config.data)[0]
     if not images:
         why = "it holds no image"
     elif not found:
@@ -313,118 +301,17 @@ def _decode_images(ds, policy, corrupt_images, deterministic):
     return ds.filter(keep_if_decoded)
 
 
-def resized_size(height, width, long_side, short_side, data_cfg, fit_pad=True):
-    """int32 (new_h, new_w): the rescale of an (h, w) image to a (long, short) scale.
-
-    keep_ratio: factor min(long / max(h, w), short / min(h, w)), with `fit_pad` also small enough to fit
-    data.padded_size(); sides rounded as data.resize_rounding says (half up as MMDetection, or down as torchvision),
-    in float64 as both compute them (in float32, 480 * (800 / 480) is 799.99994). Without keep_ratio (short, long)
-    literally, as MMDetection's (w, h) img_scale. Scalars in.
-    """
-    h, w = tf.cast(height, tf.float64), tf.cast(width, tf.float64)
-    long_side, short_side = tf.cast(long_side, tf.float64), tf.cast(short_side, tf.float64)
-    if data_cfg.keep_ratio:
-        factor = tf.minimum(long_side / tf.maximum(h, w), short_side / tf.minimum(h, w))
-        if fit_pad:
-            pad_h, pad_w = data_cfg.padded_size()
-            factor = tf.minimum(factor, tf.minimum(pad_h / h, pad_w / w))
-        offset = 0.5 if data_cfg.resize_rounding == "half_up" else 0.0
-        new = tf.floor(tf.stack([h, w]) * factor + offset)
-    else:
-        new = tf.stack([short_side, long_side])
-    new = tf.maximum(new, 1.0)
-    if fit_pad:
-        new = tf.minimum(new, [float(s) for s in data_cfg.padded_size()])
-    return tf.cast(new, tf.int32)
-
-
-def inference_scale(data_cfg):
-    """The (long, short) scale of evaluation and inference: the largest of img_scale, as MMDetection's multi-scale
-    configs test at (1333, 800)."""
-    return max(s[0] for s in data_cfg.scales()), max(s[1] for s in data_cfg.scales())
-
-
-def normalize(image, data_cfg):
-    """float32 [..., 3] RGB in 0..255 → (image - mean) / std, BGR first when img_norm_cfg.to_rgb is false."""
-    norm = data_cfg.img_norm_cfg
-    if not norm.to_rgb:
-        image = image[..., ::-1]  # caffe-style weights take BGR, with the mean and std in BGR order
-    return (image - tf.constant(norm.mean, tf.float32)) / tf.constant(norm.std, tf.float32)
-
-
-def pad_to(image, height, width):
-    """[h, w, C] zero-padded at the bottom and right to [height, width, C] (static where height, width are ints)."""
-    size = tf.shape(image)
-    # tf.pad: half the time of pad_to_bounding_box, which pads through a generic slice-and-concat
-    image = tf.pad(image, [[0, height - size[0]], [0, width - size[1]], [0, 0]])
-    image.set_shape([height if isinstance(height, int) else None, width if isinstance(width, int) else None,
-                     image.shape[-1]])
-    return image
-
-
-def round_up(size, divisor):
-    """int32 sizes rounded up to a multiple of divisor."""
-    return (size + divisor - 1) // divisor * divisor
-
-
-def pad_image(image, image_size, data_cfg, static):
-    """A resized, normalized [h, w, 3] image zero-padded at the bottom and right: to data.padded_size() when
-    `static`, else to image_size (int32 [2], its (h, w)) rounded up to data.size_divisor."""
-    if static:
-        return pad_to(image, *data_cfg.padded_size())
-    padded = round_up(image_size, data_cfg.size_divisor)
-    return pad_to(image, padded[0], padded[1])
-
-
-def resize_and_normalize(image, new_size, data_cfg):
-    """A decoded RGB image [h, w, 3] (0..255) bilinearly resized to new_size (half-pixel centres, no antialias)
-    and normalized, in the order data.normalize_before_resize says: float32 [new_h, new_w, 3], unpadded."""
-    image = tf.cast(image, tf.float32)
-    if data_cfg.normalize_before_resize:
-        return tf.image.resize(normalize(image, data_cfg), new_size, method="bilinear")
-    return normalize(tf.image.resize(image, new_size, method="bilinear"), data_cfg)
-
-
-def preprocess_for_inference(image, data_cfg, pad=True):
-    """One decoded RGB image (uint8 or float [h, w, 3], any size) → what evaluation batches hold for it:
-    (normalized image float32, image_size int32 [2] (resized h, w), scale float32 [2] (resized / original per
-    axis)). Exported models run exactly this.
-
-    The image is padded to data.padded_size() ([H, W, 3]) with data.test_padding 'pad_size', else to its own size
-    rounded up to data.size_divisor; `pad=False` returns it unpadded [new_h, new_w, 3] (a batch of several sizes
-    is then padded to its largest, see `pad_batch`). With 'size_divisor' the resize does not shrink to fit
-    padded_size().
-    """
-    size = tf.shape(image)[:2]
-    long_side, short_side = inference_scale(data_cfg)
-    static = data_cfg.test_padding == "pad_size"
-    new_size = resized_size(size[0], size[1], float(long_side), float(short_side), data_cfg, fit_pad=static)
-    scale = tf.cast(new_size, tf.float32) / tf.cast(size, tf.float32)
-    resized = resize_and_normalize(image, new_size, data_cfg)
-    return (pad_image(resized, new_size, data_cfg, static) if pad else resized), new_size, scale
-
-
-def pad_batch(images, data_cfg):
-    """Unpadded preprocessed images (a tf.RaggedTensor [B, (h), (w), 3], or a dense batch) → a dense batch padded at
-    the bottom and right to data.padded_size() ('pad_size') or to the largest image rounded up to size_divisor."""
-    if isinstance(images, tf.RaggedTensor):
-        images = images.to_tensor()
-    size = tf.shape(images)
-    if data_cfg.test_padding == "pad_size":
-        height, width = data_cfg.padded_size()
-    else:
-        height, width = round_up(size[1], data_cfg.size_divisor), round_up(size[2], data_cfg.size_divisor)
-    images = tf.pad(images, [[0, 0], [0, height - size[1]], [0, width - size[2]], [0, 0]])
-    return tf.ensure_shape(images, [None, height if isinstance(height, int) else None,
-                                    width if isinstance(width, int) else None, 3])
-
-
 class _Transform:
-    """One decoded image + its objects → (normalized padded image, targets) at static shapes."""
+    """One decoded image + its objects → (normalized padded image, targets) at static shapes.
+
+    Evaluation images go through `tfrcnn.inference.Transform`, as exported models' do; training draws a scale
+    (multi-scale img_scale) and a flip, and always pads to the static canvas.
+    """
 
     def __init__(self, data_cfg, with_mask, training):
         self.cfg, self.with_mask, self.training = data_cfg, with_mask, training
         self.max_instances, self.crop = data_cfg.max_instances, data_cfg.mask_crop_size
+        self.test = Transform(data_cfg)
 
     def __call__(self, ex, random_bits):
         seeds = tf.stack([random_bits, random_bits // 7 + 1])  # independent streams for scale and flip
@@ -437,9 +324,12 @@ class _Transform:
         crowd = ex["is_crowd"] > 0
         masks = self._mask_crops(ex, boxes) if self.with_mask else None
 
-        new_size = self._resized_size(h, w, seeds)
-        scale = tf.cast(new_size, tf.float32) / tf.stack([h, w])
-        image = resize_and_normalize(image, new_size, self.cfg)
+        if self.training:
+            new_size = self._random_size(h, w, seeds)
+            scale = tf.cast(new_size, tf.float32) / tf.stack([h, w])
+            image = resize_and_normalize(image, new_size, self.cfg.img_norm_cfg, self.cfg.normalize_before_resize)
+        else:  # with test_padding 'size_divisor', each batch is then padded to its largest image (padded_batch)
+            image, new_size, scale = self.test.preprocess(image)
         boxes = boxes * tf.tile(scale, [2])
         if self.training and self.cfg.flip_ratio > 0:
             flip = tf.random.stateless_uniform([], tf.cast(seeds[1], tf.int32) * [1, 1]) < self.cfg.flip_ratio
@@ -449,9 +339,8 @@ class _Transform:
                 [boxes[:, 0], new_w - boxes[:, 3], boxes[:, 2], new_w - boxes[:, 1]], axis=1), lambda: boxes)
             if masks is not None:
                 masks = tf.cond(flip, lambda: masks[:, :, ::-1], lambda: masks)
-
-        # test_padding 'size_divisor': padded to a multiple of it here, each batch to its largest image (padded_batch)
-        image = pad_image(image, new_size, self.cfg, static=self.training or self.cfg.test_padding == "pad_size")
+        if self.training:
+            image = pad_to(image, *self.cfg.padded_size())
 
         keep = tf.where(valid & ~crowd)[:, 0]
         ignore = tf.where(valid & crowd)[:, 0]
@@ -470,23 +359,24 @@ class _Transform:
             targets[structures.SCALE] = scale
         return image, targets
 
-    def _resized_size(self, h, w, seeds):
-        """int32 (new_h, new_w): MMDetection's keep-ratio rescale to a (long, short) scale, within the pad."""
-        scales = tf.constant(self.cfg.scales(), tf.float32)  # [S, 2] (long, short)
-        if not self.training or len(self.cfg.scales()) == 1:
-            long_side, short_side = (float(x) for x in inference_scale(self.cfg))
-        elif self.cfg.multiscale_mode == "range":
+    def _random_size(self, h, w, seeds):
+        """int32 (new_h, new_w): MMDetection's keep-ratio rescale to a (long, short) scale drawn from img_scale
+        (multiscale_mode), within the static canvas."""
+        cfg = self.cfg
+        scales = tf.constant(cfg.scales(), tf.float32)  # [S, 2] (long, short)
+        if len(cfg.scales()) == 1:
+            long_side, short_side = (float(x) for x in self.test.scale)
+        elif cfg.multiscale_mode == "range":
             u = tf.random.stateless_uniform([2], tf.cast(seeds[0], tf.int32) * [1, 1])
             lo, hi = tf.reduce_min(scales, 0), tf.reduce_max(scales, 0)
             # integer sides drawn uniformly from [lo, hi] inclusive, as np.random.randint(lo, hi + 1)
             drawn = tf.floor(lo + u * (hi - lo + 1.0))
             long_side, short_side = drawn[0], drawn[1]
         else:
-            pick = tf.random.stateless_uniform([], tf.cast(seeds[0], tf.int32) * [1, 1], 0, len(self.cfg.scales()),
+            pick = tf.random.stateless_uniform([], tf.cast(seeds[0], tf.int32) * [1, 1], 0, len(cfg.scales()),
                                                dtype=tf.int32)
             long_side, short_side = scales[pick, 0], scales[pick, 1]
-        fit_pad = self.training or self.cfg.test_padding == "pad_size"
-        return resized_size(h, w, long_side, short_side, self.cfg, fit_pad=fit_pad)
+        return rescaled_size(h, w, long_side, short_side, cfg.keep_ratio, cfg.resize_rounding, fit=cfg.padded_size())
 
     def _mask_crops(self, ex, boxes):
         """float32 [N, S, S]: each full-image mask sampled at S × S bin centres over its box (original pixels)."""

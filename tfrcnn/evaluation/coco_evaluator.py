@@ -1,11 +1,12 @@
 """COCO evaluation: detections in original-image pixels → COCO results → pycocotools COCOeval (bbox and segm).
 
-The evaluator is host-side bookkeeping (numpy and pycocotools per image). Its only TensorFlow work is pasting
-box-frame masks at the original image size with `tfrcnn.ops.masks.paste_masks`.
+The evaluator is host-side bookkeeping (numpy and pycocotools per image); the way back from the network's output
+(boxes to original pixels, classes to category ids, masks pasted, the COCO records) is `tfrcnn.inference`'s, the
+same as exported models'.
 
 Frames: `add_detections` takes boxes [y1, x1, y2, x2] in ORIGINAL image pixels; `add_batch` takes a model's
-output, whose boxes are in padded-network-input pixels, and maps them back (divide by the batch's `scale`, clip
-to the original image). Model class c (1-based) is the dataset's category `category_ids[c - 1]`.
+output, whose boxes are in padded-network-input pixels, and maps them back. Model class c (1-based) is the
+dataset's category `category_ids[c - 1]`.
 """
 import contextlib
 import copy
@@ -16,13 +17,11 @@ import time
 import warnings
 
 import numpy as np
-import tensorflow as tf
-from pycocotools import mask as mask_utils
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
-from tfrcnn.data.coco import check_coco, load_coco
-from tfrcnn.ops.masks import paste_masks
+from tfrcnn.data.coco import check_coco, encode_mask, load_coco
+from tfrcnn.inference import Postprocessor, coco_results
 
 IOU_TYPES = ("bbox", "segm")
 # COCOeval.stats order.
@@ -41,8 +40,6 @@ _STAT_LABELS = (
     ("Average Recall   ", "(AR) @[ IoU=0.50:0.95 | area=medium | maxDets=100 ]"),
     ("Average Recall   ", "(AR) @[ IoU=0.50:0.95 | area= large | maxDets=100 ]"),
 )
-# Masks are pasted in groups of this many, each group into windows of one size (see CocoEvaluator._paste).
-_PASTE_GROUP = 16
 
 
 @contextlib.contextmanager
@@ -103,9 +100,6 @@ class CocoEvaluator:
         unknown = [t for t in self.iou_types if t not in IOU_TYPES]
         if unknown or not self.iou_types:
             raise ValueError(f"CocoEvaluator: iou_types must be a non-empty subset of {IOU_TYPES}, got {iou_types!r}")
-        if mask_paste_mode not in ("mmdet", "torchvision"):
-            raise ValueError(
-                f"CocoEvaluator: mask_paste_mode must be 'mmdet' or 'torchvision', got {mask_paste_mode!r}")
         if "segm" in self.iou_types:
             if any("segmentation" not in a for a in dataset["annotations"]):
                 raise ValueError("CocoEvaluator: the ground truth has annotations without 'segmentation' (TFRecords "
@@ -120,8 +114,8 @@ class CocoEvaluator:
             warnings.warn(f"CocoEvaluator: category_ids {missing} are not categories of the ground truth (it has "
                           f"{known}); they have no gt, and their detections count for nothing")
             dataset["categories"] += [{"id": c, "name": str(c)} for c in missing]
-        self.mask_paste_mode = mask_paste_mode
-        self.mask_threshold = float(mask_threshold)
+        self.postprocess = Postprocessor(self.category_ids, mask_paste=mask_paste_mode,
+                                         mask_threshold=mask_threshold)
         self.verbose = verbose
         self.coco_gt = _coco_api(dataset, verbose)
         self.reset()
@@ -183,66 +177,28 @@ class CocoEvaluator:
             raise ValueError("CocoEvaluator: evaluating 'segm' needs masks; pass iou_types=('bbox',) for a model "
                              "without a mask head")
         boxes, scores, classes = boxes[keep], scores[keep], classes[keep]
-        category_ids = [self.category_ids[c - 1] for c in classes.tolist()]
-
-        if "bbox" in self.iou_types:
-            y1, x1, y2, x2 = boxes.T
-            for xywh, category_id, score in zip(np.stack([x1, y1, x2 - x1, y2 - y1], 1).tolist(), category_ids,
-                                                scores.tolist()):
-                self._results["bbox"].append(
-                    {"image_id": image_id, "category_id": category_id, "bbox": xywh, "score": score})
-
+        pasted = None
         if "segm" in self.iou_types and len(boxes):
             masks = np.asarray(masks)
             if len(masks) != len(keep):
                 raise ValueError(f"CocoEvaluator: image {image_id}: {len(masks)} masks for {len(keep)} boxes")
             masks = masks[keep]
-            if masks_in_image:
-                if masks.shape[1:] != (height, width):
-                    raise ValueError(f"CocoEvaluator: image {image_id} is {height}x{width} but its masks are "
-                                     f"{masks.shape[1]}x{masks.shape[2]}")
-                on = masks >= self.mask_threshold if masks.dtype.kind == "f" else masks != 0
-                binary = np.asfortranarray(on.astype(np.uint8).transpose(1, 2, 0))
+            if not masks_in_image:
+                pasted = self.postprocess.paste_in_windows(masks, boxes, height, width)
+            elif masks.shape[1:] != (height, width):
+                raise ValueError(f"CocoEvaluator: image {image_id} is {height}x{width} but its masks are "
+                                 f"{masks.shape[1]}x{masks.shape[2]}")
             else:
-                binary = self._paste(masks, boxes, height, width)
+                pasted = masks >= self.postprocess.mask_threshold if masks.dtype.kind == "f" else masks != 0
+        records = coco_results(image_id, boxes, scores, self.postprocess.category_ids_of(classes).numpy(), pasted)
+        if "bbox" in self.iou_types:
+            self._results["bbox"] += [{k: v for k, v in r.items() if k != "segmentation"} for r in records]
+        if "segm" in self.iou_types:
             # No "bbox" key: loadRes would then take the box's area instead of the mask's for the area ranges
             # (MMDetection and detectron2 drop it too).
-            for rle, category_id, score in zip(_encode(binary), category_ids, scores.tolist()):
-                self._results["segm"].append(
-                    {"image_id": image_id, "category_id": category_id, "segmentation": rle, "score": score})
-
+            self._results["segm"] += [{k: v for k, v in r.items() if k != "bbox"} for r in records]
         self._seen.add(image_id)
         self._image_ids.append(image_id)
-
-    def _paste(self, masks, boxes, height, width):
-        """[K, S, S] box-frame probabilities, [K, 4] original-image boxes → uint8 [H, W, K] binary masks, in
-        Fortran order (what pycocotools encodes).
-
-        A pasted mask reaches at most a mask pixel past its box, so each one is pasted into a window around its box
-        rather than into the whole image (which would be most of an evaluation's time on a CPU). Windows start at
-        integer pixels, and shifting a float32 box by a non-negative integer it exceeds is exact, so "mmdet" pastes
-        give the same bits as a whole-image paste. Masks go in groups of similar window area, a group at its
-        largest window.
-        """
-        boxes = boxes.astype(np.float32)
-        reach = (boxes[:, 2:] - boxes[:, :2]) / masks.shape[-1] + 2.0  # [K, 2]: a mask pixel, and then some
-        limit = np.array([height, width])
-        start = np.clip(np.floor(boxes[:, :2] - reach), 0, limit).astype(np.int64)  # [K, 2] (y, x)
-        extent = np.clip(np.ceil(boxes[:, 2:] + reach), 0, limit).astype(np.int64) - start
-        extent = np.maximum(extent, 0)
-        out = np.zeros((height, width, len(masks)), np.uint8, order="F")
-        order = np.argsort(extent[:, 0] * extent[:, 1], kind="stable")
-        for group in (order[i:i + _PASTE_GROUP] for i in range(0, len(order), _PASTE_GROUP)):
-            window = extent[group].max(0)
-            if window.min() == 0:
-                continue  # wholly outside the image
-            local = boxes[group] - np.tile(start[group], 2).astype(np.float32)
-            pasted = _paste_windows(masks[None, group].astype(np.float32), local[None], tf.constant(window, tf.int32),
-                                    self.mask_paste_mode, self.mask_threshold)
-            for k, pixels in zip(group, pasted[0].numpy()):
-                (y0, x0), (h, w) = start[k], extent[k]
-                out[y0:y0 + h, x0:x0 + w, k] = pixels[:h, :w]
-        return out
 
     def add_batch(self, outputs, targets):
         """Adds a batch of model outputs on an evaluation batch.
@@ -257,8 +213,8 @@ class CocoEvaluator:
         outputs = {k: np.asarray(v) for k, v in outputs.items()}
         source_ids = np.asarray(targets["source_id"]).reshape(-1)
         original_size = np.asarray(targets["original_size"]).reshape(-1, 2)
-        scale = np.asarray(targets["scale"], np.float64).reshape(-1, 2)
-        boxes = outputs["detection_boxes"].astype(np.float64)
+        boxes = self.postprocess.boxes_to_original(outputs["detection_boxes"], np.asarray(targets["scale"]),
+                                                   original_size).numpy()
         num = outputs.get("num_detections")
         masks = outputs.get("detection_masks")
         for b, source_id in enumerate(source_ids):
@@ -272,11 +228,7 @@ class CocoEvaluator:
                 raise ValueError(f"CocoEvaluator: image {image_id} is {height}x{width} in the batch but "
                                  f"{image['height']}x{image['width']} in the ground truth")
             n = boxes.shape[1] if num is None else min(int(num[b]), boxes.shape[1])
-            sy, sx = scale[b]
-            # Images sit top-left in the padded input: original = input / scale, no offset.
-            image_boxes = boxes[b, :n] / np.array([sy, sx, sy, sx])
-            image_boxes = np.clip(image_boxes, 0.0, np.array([height, width, height, width], np.float64))
-            self.add_detections(image_id, image_boxes, outputs["detection_scores"][b, :n],
+            self.add_detections(image_id, boxes[b, :n], outputs["detection_scores"][b, :n],
                                 outputs["detection_classes"][b, :n], None if masks is None else masks[b, :n])
 
     # ------------------------------------------------------------------------------------------ evaluating
@@ -343,22 +295,7 @@ def _repair_polygons(dataset):
             ann["segmentation"] = kept
         else:
             image = images[ann["image_id"]]
-            empty = np.zeros((image["height"], image["width"], 1), np.uint8, order="F")
-            ann["segmentation"] = _encode(empty)[0]
-
-
-@tf.function(reduce_retracing=True)
-def _paste_windows(masks, boxes, window_size, mode, threshold):
-    """paste_masks in a graph: eager op-by-op dispatch would cost more than the arithmetic of small windows."""
-    return paste_masks(masks, boxes, (window_size[0], window_size[1]), mode=mode, threshold=threshold)
-
-
-def _encode(binary):
-    """uint8 [H, W, K] 0/1 masks in Fortran order → COCO compressed RLEs with str counts (JSON-serializable)."""
-    rles = mask_utils.encode(binary)
-    for rle in rles:
-        rle["counts"] = rle["counts"].decode("ascii")
-    return rles
+            ann["segmentation"] = encode_mask(np.zeros((image["height"], image["width"]), np.uint8))
 
 
 def format_table(metrics):

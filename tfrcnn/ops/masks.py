@@ -151,6 +151,7 @@ def _torchvision_weights(b1, b2, mask_len, image_len):
 
 
 _PASTE_WEIGHTS = {"mmdet": _mmdet_weights, "torchvision": _torchvision_weights}
+PASTE_MODES = tuple(_PASTE_WEIGHTS)
 
 
 def paste_masks(masks, boxes, image_size, mode="mmdet", threshold=None, strict=None):

@@ -30,10 +30,11 @@ import numpy as np
 import tensorflow as tf
 from tensorflow.core.framework import summary_pb2
 
-from tfrcnn.config import save_config
+from tfrcnn.config import CONFIG_NAME, save_config
 from tfrcnn.data import pipeline
 from tfrcnn.data.tfrecord import coco_from_tfrecords
 from tfrcnn.evaluation import CocoEvaluator, evaluate_model, format_table
+from tfrcnn.inference import Postprocessor
 from tfrcnn.training import checkpoints
 from tfrcnn.training.distributed import CustomLoop, check_in_sync, is_chief, make_strategy, task_name
 from tfrcnn.training.optimizer import build_optimizer
@@ -57,10 +58,9 @@ def evaluate(config, model, split="val", max_images=None, progress=True):
         gt = coco_from_tfrecords(split_cfg.tfrecord, include_masks=config.model.with_mask)
     else:
         raise FileNotFoundError(f"data.{split}: neither ann_file {split_cfg.ann_file!r} nor a tfrecord pattern")
-    category_ids, _ = pipeline.resolve_categories(config.data)
-    evaluator = CocoEvaluator(gt, iou_types=config.evaluation.metric, category_ids=category_ids,
-                              mask_threshold=config.test_cfg.rcnn.mask_thr_binary,
-                              mask_paste_mode=config.test_cfg.rcnn.mask_paste)
+    post = Postprocessor.from_config(config)
+    evaluator = CocoEvaluator(gt, iou_types=config.evaluation.metric, category_ids=post.category_ids,
+                              mask_paste_mode=post.mask_paste, mask_threshold=post.mask_threshold)
     # reduce_retracing: with data.test_padding 'size_divisor' batches differ in size; one trace serves them all.
     predict = tf.function(lambda inputs: model(inputs, training=False), reduce_retracing=True)
     dataset = pipeline.build_dataset(config, split, training=False)
@@ -210,7 +210,7 @@ def train(config, model_dir, mode="train", init_checkpoint=None, progress=True):
     schedule = _Schedule(config, pipeline.count_training_images(config, global_batch), global_batch)
     if chief:
         os.makedirs(model_dir, exist_ok=True)
-        save_config(config, os.path.join(model_dir, checkpoints.CONFIG_NAME))
+        save_config(config, os.path.join(model_dir, CONFIG_NAME))
     with strategy.scope():
         from tfrcnn.modeling import build_model
         model = build_model(config, build_size=config.data.padded_size())
