@@ -25,7 +25,6 @@ import numpy as np
 import torch
 import torchvision  # noqa: F401
 from PIL import Image
-from pycocotools import mask as mask_util
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
@@ -58,18 +57,17 @@ def training_sample(coco, image_id, image_dir, flip):
 def evaluate_twin(model, root, threshold):
     """COCO AP {"bbox", "segm"} of the twin on the val split under `root` (masks kept where > threshold); 0 when it
     detects nothing (a diverged model)."""
+    from tfrcnn.inference import coco_results
     model.eval()
     gt = COCO(os.path.join(root, "annotations", "instances_val.json"))
     results = []
     with torch.no_grad():
         for i in gt.getImgIds():
-            info = gt.loadImgs(i)[0]
-            out = model([load_image(os.path.join(root, "val", info["file_name"]))])[0]
-            for b, s, label, m in zip(out["boxes"], out["scores"], out["labels"], out["masks"]):
-                rle = mask_util.encode(np.asfortranarray((m[0] > threshold).numpy().astype(np.uint8)))
-                rle["counts"] = rle["counts"].decode()
-                results.append({"image_id": i, "category_id": int(label), "score": float(s), "segmentation": rle,
-                                "bbox": [float(b[0]), float(b[1]), float(b[2] - b[0]), float(b[3] - b[1])]})
+            image = load_image(os.path.join(root, "val", gt.loadImgs(i)[0]["file_name"]))
+            out = {k: v.numpy() for k, v in model([image])[0].items()}
+            # torchvision's boxes are [x1, y1, x2, y2]; tfrcnn's records read [y1, x1, y2, x2]
+            results += coco_results(i, out["boxes"][:, [1, 0, 3, 2]], out["scores"], out["labels"],
+                                    out["masks"][:, 0] > threshold)
     model.train()
     ap = {"bbox": 0.0, "segm": 0.0}
     if not results:  # pycocotools' loadRes fails on an empty list

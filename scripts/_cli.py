@@ -24,8 +24,10 @@ A script defines its flags with absl and ends with `_cli.run(main)` instead of `
   absl logging shows warnings and errors only (absl's app.run would show INFO: TensorFlow logs a line per
   checkpoint saved), unless `--verbosity` is given.
 
-This module imports only the standard library and absl: TensorFlow takes seconds to load, so scripts import it
-(and tfrcnn, whose __init__ imports it) inside `main`, after their flags and files are checked.
+This module imports only the standard library, absl and `tfrcnn.config`'s file name (which loads no TensorFlow):
+TensorFlow takes seconds to load, so scripts import it (and the rest of tfrcnn) inside `main`, after their flags and
+files are checked. Flags that several scripts share are defined here once: `define_config_flags` and
+`define_checkpoint_flags`.
 """
 import glob
 import importlib.util
@@ -37,6 +39,11 @@ import traceback
 
 from absl import app, flags, logging
 
+from tfrcnn.config import CONFIG_NAME
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# The default of --config_file in the tools (benchmarks, the ops demo): MMDetection's Mask R-CNN R50-FPN 1x.
+R50_CONFIG = os.path.join(REPO, "configs", "mask_rcnn_r50_fpn_1x_coco.yaml")
 UsageError = app.UsageError  # raise it in main for a bad combination of flags
 USER_ERRORS = (UsageError, OSError, ValueError)
 _HELP_FLAGS = {"help", "?", "helpshort", "helpfull", "helpxml"}
@@ -259,27 +266,42 @@ def check_config_files(config_file):
             raise FileNotFoundError(f"{path}: config file not found: {os.path.abspath(path)}")
 
 
-def check_run(model_dir=None, config_file=None, checkpoint_path=None):
-    """Checks, before anything heavy loads, the files `tfrcnn.training.checkpoints.load_model` will read, and
-    raises its FileNotFoundError (same messages) when one is missing.
+def define_config_flags(default=None, default_help="Default: none."):
+    """--config_file (repeatable) and --params_override, as every script that reads a config takes them; `default`
+    is --config_file's, a list of paths."""
+    flags.DEFINE_multi_string("config_file", default, "A YAML config; repeat the flag to merge several in order, "
+                              f"later files winning. {default_help}")
+    flags.DEFINE_string("params_override", None, "Config overrides as a.b=c,d.e=f, applied after the config files, "
+                        "e.g. test_cfg.rcnn.score_thr=0.3,data.samples_per_gpu=4. Default: none.")
 
-    Args:
-      model_dir: a training run's directory (config.yaml and ckpt-N files), or None.
-      config_file: a config path or a list of them (instead of model_dir/config.yaml), or None.
-      checkpoint_path: a checkpoint prefix (instead of model_dir's newest), or None.
-    """
-    if config_file:
-        check_config_files(config_file)
+
+def define_checkpoint_flags():
+    """--model_dir, --config_file, --checkpoint_path and --params_override: the trained detector a script runs
+    (`checkpoint_args` reads them)."""
+    flags.DEFINE_string("model_dir", None, "A training run's directory: its config.yaml and newest checkpoint are "
+                        "the defaults of --config_file and --checkpoint_path. Give it, or both of those.")
+    define_config_flags(default_help="Default: <model_dir>/config.yaml.")
+    flags.DEFINE_string("checkpoint_path", None, "A checkpoint prefix such as <model_dir>/ckpt-12 (the files "
+                        "ckpt-12.index and ckpt-12.data-*). Default: the newest checkpoint in --model_dir.")
+
+
+def checkpoint_args():
+    """The flags of `define_checkpoint_flags` as `tfrcnn.training.checkpoints.load_model`'s keyword arguments,
+    checked before TensorFlow loads: UsageError without --model_dir or --config_file and --checkpoint_path,
+    FileNotFoundError (load_model's messages) for a file that is missing."""
+    f = flags.FLAGS
+    if not (f.model_dir or (f.config_file and f.checkpoint_path)):
+        raise UsageError("give --model_dir (a training run's directory), or --config_file and --checkpoint_path")
+    if f.config_file:
+        check_config_files(f.config_file)
     else:
-        if model_dir is None:
-            raise FileNotFoundError("give a model_dir (with config.yaml) or a config_file")
-        path = os.path.join(model_dir, "config.yaml")
+        path = os.path.join(f.model_dir, CONFIG_NAME)
         if _local(path) and not os.path.isfile(path):
-            raise FileNotFoundError(f"{path}: no such file (is {model_dir} a training run's model_dir?)")
-    if checkpoint_path:
-        if _local(checkpoint_path) and not os.path.isfile(checkpoint_path + ".index"):
-            raise FileNotFoundError(f"{checkpoint_path}: no such checkpoint ({checkpoint_path}.index is missing)")
-    elif model_dir is None:
-        raise FileNotFoundError("give a checkpoint_path")
-    elif _local(model_dir) and not glob.glob(os.path.join(glob.escape(model_dir), "*.index")):
-        raise FileNotFoundError(f"no checkpoint in {model_dir}")
+            raise FileNotFoundError(f"{path}: no such file (is {f.model_dir} a training run's model_dir?)")
+    if f.checkpoint_path:
+        if _local(f.checkpoint_path) and not os.path.isfile(f.checkpoint_path + ".index"):
+            raise FileNotFoundError(f"{f.checkpoint_path}: no such checkpoint ({f.checkpoint_path}.index is missing)")
+    elif _local(f.model_dir) and not glob.glob(os.path.join(glob.escape(f.model_dir), "*.index")):
+        raise FileNotFoundError(f"no checkpoint in {f.model_dir}")
+    return dict(model_dir=f.model_dir, config_file=f.config_file, checkpoint_path=f.checkpoint_path,
+                overrides=f.params_override)

@@ -9,19 +9,13 @@ prints images/s. With `--train_steps N` it also builds the config's model and ti
 batches already in memory (after one untimed step that traces the graph), and prints which share of a step the
 input pipeline would take if it ran serially, not overlapped by prefetching as in `fit`.
 """
-import os
 import time
 
 from absl import flags
 
 import _cli
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-flags.DEFINE_multi_string("config_file", [os.path.join(REPO, "configs", "mask_rcnn_r50_fpn_1x_coco.yaml")],
-                          "A YAML config; several merge in order, later files winning")
-flags.DEFINE_string("params_override", None, "Config overrides as a.b=c,d.e=f, applied after the config files, "
-                    "e.g. data.train.tfrecord=data/train-*.tfrecord. Default: none.")
+_cli.define_config_flags([_cli.R50_CONFIG], "Default: configs/mask_rcnn_r50_fpn_1x_coco.yaml.")
 flags.DEFINE_enum("split", "train", ["train", "val", "test"], "Section of config.data to read (always with the "
                   "training pipeline: flips, shuffling, repeat).")
 flags.DEFINE_integer("num_batches", 50, "Batches to time.", lower_bound=1)

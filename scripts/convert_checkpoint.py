@@ -36,13 +36,12 @@ flags.DEFINE_string("output_dir", None, "Required. Folder to write into (created
 flags.mark_flags_as_required(["checkpoint", "arch", "output_dir"])
 FLAGS = flags.FLAGS
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-BASE_CONFIG = os.path.join(REPO, "configs", "mask_rcnn_r50_fpn_1x_coco.yaml")
+BASE_CONFIG = _cli.R50_CONFIG
 
 
 def preset_config(arch):
     """configs/torchvision/<arch>_coco.yaml: the tfrcnn config of torchvision's detector."""
-    return os.path.join(REPO, "configs", "torchvision", f"{arch}_coco.yaml")
+    return os.path.join(_cli.REPO, "configs", "torchvision", f"{arch}_coco.yaml")
 
 
 def convert_detector(state_dict):

@@ -14,13 +14,7 @@ from absl import flags
 
 import _cli
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-flags.DEFINE_multi_string("config_file", [os.path.join(REPO, "configs", "mask_rcnn_r50_fpn_1x_coco.yaml")],
-                          "A YAML config to take the ops' settings from; several merge in "
-                          "order, later files winning")
-flags.DEFINE_string("params_override", None, "Config overrides as a.b=c,d.e=f, applied after the config files, "
-                    "e.g. test_cfg.rcnn.max_per_img=10. Default: none.")
+_cli.define_config_flags([_cli.R50_CONFIG], "Default: configs/mask_rcnn_r50_fpn_1x_coco.yaml.")
 flags.DEFINE_integer("image_size", 320, "Side in pixels of the square synthetic image, a positive multiple of 64.")
 flags.DEFINE_string("output_dir", "demo_out", "Folder for demo.png and config.yaml (created if needed).")
 flags.DEFINE_integer("seed", 0, "Random seed of the scene and the noise.")
@@ -68,18 +62,20 @@ def main(_):
     from PIL import Image, ImageDraw
 
     import tfrcnn
+    from tfrcnn.config import CONFIG_NAME, save_config
+    from tfrcnn.inference import Postprocessor
     from tfrcnn.modeling.rpn import RPNHead
     from tfrcnn.ops import anchors as anchors_lib
-    from tfrcnn.ops.assign import max_iou_assign
-    from tfrcnn.ops.boxes import encode_boxes, pairwise_iou
-    from tfrcnn.ops.masks import mask_targets, paste_masks
+    from tfrcnn.ops.assign import MaxIoUAssigner
+    from tfrcnn.ops.boxes import pairwise_iou
+    from tfrcnn.ops.masks import mask_targets
     from tfrcnn.ops.nms import multiclass_nms
     from tfrcnn.ops.roi_align import multilevel_roi_align
-    from tfrcnn.ops.sample import add_gt_as_proposals, assign_gt_proposals_to_themselves, random_sample
+    from tfrcnn.ops.sample import RandomSampler
 
     cfg = tfrcnn.load_config(FLAGS.config_file, FLAGS.params_override)
     os.makedirs(FLAGS.output_dir, exist_ok=True)
-    tfrcnn.config.save_config(cfg, os.path.join(FLAGS.output_dir, "config.yaml"))
+    save_config(cfg, os.path.join(FLAGS.output_dir, CONFIG_NAME))
     rng = np.random.default_rng(FLAGS.seed)
     size = FLAGS.image_size
     image, gt_np, gt_classes, gt_masks_full = synthetic_scene(size, rng)
@@ -94,46 +90,38 @@ def main(_):
     anchors = tf.concat(level_anchors, 0)
     line("AnchorGenerator", f"{anchors.shape[0]} anchors over {len(level_anchors)} levels "
          f"({', '.join(str(a.shape[0]) for a in level_anchors)})")
-    a = cfg.train_cfg.rpn.assigner
-    gt_inds, _, matched = max_iou_assign(anchors, gt_boxes, gt_valid, a.pos_iou_thr, a.neg_iou_thr, a.min_pos_iou,
-                                         a.match_low_quality, a.gt_max_assign_all, low_quality_gt=a.low_quality_gt)
-    s = cfg.train_cfg.rpn.sampler
-    _, valid, positive = random_sample(gt_inds, s.num, s.pos_fraction, (FLAGS.seed, 1), s.neg_pos_ub)
+    assigner = MaxIoUAssigner(cfg.train_cfg.rpn.assigner)
+    gt_inds, _, matched = assigner.assign(anchors, gt_boxes, gt_valid)
+    sampler = RandomSampler(cfg.train_cfg.rpn.sampler)
+    sample = sampler.sample(assigner, anchors, gt_boxes, gt_valid, (FLAGS.seed, 1))
     counts = [int(tf.reduce_sum(tf.cast(gt_inds == v, tf.int32))) for v in (-1, 0)]
     line("MaxIoUAssigner (rpn)", f"{int(tf.reduce_sum(tf.cast(gt_inds > 0, tf.int32)))} positive, "
          f"{counts[1]} negative, {counts[0]} ignored")
-    line("RandomSampler (rpn)", f"{int(tf.reduce_sum(tf.cast(positive, tf.int32)))} positive + "
-         f"{int(tf.reduce_sum(tf.cast(valid & ~positive, tf.int32)))} negative of {s.num} slots")
+    line("RandomSampler (rpn)", f"{int(tf.reduce_sum(tf.cast(sample.positive, tf.int32)))} positive + "
+         f"{int(tf.reduce_sum(tf.cast(sample.valid & ~sample.positive, tf.int32)))} negative of {sampler.cfg.num} slots")
 
     # Proposals from ideal RPN outputs plus noise, through the RPN head's own proposal step (no weights needed):
     # per level top nms_pre, decode, clip, min size, NMS per level, top k.
-    coder, prop = rpn.bbox_coder, cfg.test_cfg.rpn
+    prop = cfg.test_cfg.rpn
     ious = tf.reduce_max(pairwise_iou(anchors[None], gt_boxes), -1)
     probs = tf.clip_by_value(ious + rng.normal(0, 0.05, ious.shape), 1e-4, 1 - 1e-4)
     logits = tf.cast(tf.math.log(probs / (1 - probs)), tf.float32)
-    targets = encode_boxes(tf.gather(gt_np, matched[0]), anchors, coder.target_means, coder.target_stds)
+    head = RPNHead(rpn, name="rpn_head")
+    targets = head.bbox_coder.encode(tf.gather(gt_np, matched[0]), anchors)
     deltas = (targets + rng.normal(0, 0.1, targets.shape).astype(np.float32))[None]
     splits = [a.shape[0] for a in level_anchors]
-    head = RPNHead(rpn, name="rpn_head")
     proposals, _, proposals_valid = head.get_proposals(tf.split(logits, splits, 1), tf.split(deltas, splits, 1),
                                                        level_anchors, tf.constant([[size, size]]), prop)
     line("proposals (test_cfg.rpn)", f"{int(tf.reduce_sum(tf.cast(proposals_valid, tf.int32)))} kept "
          f"of {sum(min(prop.nms_pre, n) for n in splits)} after NMS {prop.nms_thr} per level")
 
     # R-CNN targets: gt added as proposals, assigned, sampled; RoIAlign on a toy pyramid (pooled image).
-    a, s = cfg.train_cfg.rcnn.assigner, cfg.train_cfg.rcnn.sampler
-    rois, rois_valid = proposals, proposals_valid
-    if s.add_gt_as_proposals:
-        rois, rois_valid = add_gt_as_proposals(proposals, proposals_valid, gt_boxes, gt_valid)
-    gt_inds, _, matched = max_iou_assign(rois, gt_boxes, gt_valid, a.pos_iou_thr, a.neg_iou_thr, a.min_pos_iou,
-                                         a.match_low_quality, a.gt_max_assign_all, boxes_valid=rois_valid,
-                                         low_quality_gt=a.low_quality_gt)
-    if s.add_gt_as_proposals:
-        gt_inds, matched = assign_gt_proposals_to_themselves(gt_inds, matched, gt_valid)
-    index, valid, positive = random_sample(gt_inds, s.num, s.pos_fraction, (FLAGS.seed, 2), s.neg_pos_ub)
-    sampled = tf.gather(rois, index, batch_dims=1)
+    sampler = RandomSampler(cfg.train_cfg.rcnn.sampler)
+    sample = sampler.sample(MaxIoUAssigner(cfg.train_cfg.rcnn.assigner), proposals, gt_boxes, gt_valid,
+                            (FLAGS.seed, 2), proposals_valid)
+    sampled, positive = sample.boxes, sample.positive
     line("RandomSampler (rcnn)", f"{int(tf.reduce_sum(tf.cast(positive, tf.int32)))} positive + "
-         f"{int(tf.reduce_sum(tf.cast(valid & ~positive, tf.int32)))} negative of {s.num} slots")
+         f"{int(tf.reduce_sum(tf.cast(sample.valid & ~positive, tf.int32)))} negative of {sampler.cfg.num} slots")
     extractor = rcnn.bbox_roi_extractor
     pixels = tf.constant(image[None], tf.float32) / 255.0
     pyramid = [tf.nn.avg_pool2d(pixels, k, k, "VALID") for k in extractor.featmap_strides]
@@ -147,7 +135,7 @@ def main(_):
         crop = cfg.data.mask_crop_size
         full_frames = tf.constant([[[0, 0, size, size]] * len(gt_np)], tf.float32)
         cropped = mask_targets(gt_masks_full[None], full_frames, gt_boxes, tf.range(len(gt_np))[None], crop, binarize=False)
-        pos_index = tf.boolean_mask(tf.gather(matched, index, batch_dims=1), positive)[None]
+        pos_index = tf.boolean_mask(sample.matched, positive)[None]
         targets = mask_targets(cropped, gt_boxes, tf.boolean_mask(sampled, positive)[None], pos_index,
                                cfg.train_cfg.rcnn.mask_size)
         line("mask targets", f"{targets.shape.as_list()}, mean foreground {float(tf.reduce_mean(targets)):.2f}")
@@ -165,7 +153,8 @@ def main(_):
     # Stand-in for the mask head: each detection's class's gt mask, resampled into its box at 28×28.
     full_frames = tf.constant([[[0, 0, size, size]] * len(gt_np)], tf.float32)
     ideal = mask_targets(gt_masks_full[None], full_frames, det_boxes, det_classes[None] - 1, 28, binarize=False)
-    pasted = paste_masks(ideal, det_boxes, (size, size), threshold=test.mask_thr_binary)[0].numpy()
+    shapes = ([1, 2, 3], ["rectangle", "ellipse", "triangle"])  # the scene's classes, not the config's
+    pasted = Postprocessor.from_config(cfg, shapes).paste(ideal, det_boxes, (size, size))[0].numpy()
     line("paste_masks", f"{pasted.shape[0]} masks of {size}x{size}, {int(pasted.sum())} foreground pixels")
 
     canvas = image.astype(np.float32)
@@ -181,7 +170,7 @@ def main(_):
         draw.text((x1 + 2, y1 + 1), f"{int(det_classes[k])}: {float(dets['detection_scores'][0, k]):.2f}")
     path = os.path.join(FLAGS.output_dir, "demo.png")
     picture.save(path)
-    print(f"wrote {path} and {os.path.join(FLAGS.output_dir, 'config.yaml')}")
+    print(f"wrote {path} and {os.path.join(FLAGS.output_dir, CONFIG_NAME)}")
 
 
 if __name__ == "__main__":

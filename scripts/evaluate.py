@@ -14,14 +14,7 @@ from absl import flags
 
 import _cli
 
-flags.DEFINE_string("model_dir", None, "A training run's directory: its config.yaml and newest checkpoint are "
-                    "the defaults of --config_file and --checkpoint_path. Give it, or both of those.")
-flags.DEFINE_multi_string("config_file", None, "A YAML config (default: <model_dir>/config.yaml); several merge in "
-                          "order, later files winning")
-flags.DEFINE_string("checkpoint_path", None, "A checkpoint prefix such as runs/x/ckpt-500 (the files "
-                    "ckpt-500.index and ckpt-500.data-*). Default: the newest checkpoint in --model_dir.")
-flags.DEFINE_string("params_override", None, "Config overrides as a.b=c,d.e=f, applied after the config files, "
-                    "e.g. data.val.tfrecord=data/val-*.tfrecord. Default: none.")
+_cli.define_checkpoint_flags()
 flags.DEFINE_enum("split", "val", ["train", "val", "test"], "Section of config.data to evaluate on.")
 flags.DEFINE_integer("max_images", None, "Evaluate only the first N images (a quick look). Default: all.",
                      lower_bound=1)
@@ -31,14 +24,11 @@ FLAGS = flags.FLAGS
 
 
 def main(_):
-    if not (FLAGS.model_dir or (FLAGS.config_file and FLAGS.checkpoint_path)):
-        raise _cli.UsageError("give --model_dir, or --config_file with --checkpoint_path")
-    _cli.check_run(FLAGS.model_dir, FLAGS.config_file, FLAGS.checkpoint_path)  # before TensorFlow loads
+    checkpoint = _cli.checkpoint_args()  # before TensorFlow loads
     from tfrcnn.evaluation import format_table
     from tfrcnn.training import checkpoints, trainer
 
-    model, config, path = checkpoints.load_model(FLAGS.model_dir, FLAGS.config_file, FLAGS.checkpoint_path,
-                                                 FLAGS.params_override)
+    model, config, path = checkpoints.load_model(**checkpoint)
     metrics = trainer.evaluate(config, model, split=FLAGS.split, max_images=FLAGS.max_images)
     output_dir = FLAGS.output_dir or FLAGS.model_dir or os.path.dirname(path)
     os.makedirs(output_dir, exist_ok=True)

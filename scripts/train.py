@@ -23,17 +23,14 @@ from absl import flags
 
 import _cli
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-SHAPES_CONFIG = os.path.join(REPO, "configs", "mask_rcnn_r18_fpn_shapes.yaml")
+SHAPES_CONFIG = os.path.join(_cli.REPO, "configs", "mask_rcnn_r18_fpn_shapes.yaml")
 # The main job's dataset: 640 training images, 160 steps an epoch at the config's 4 images per step.
 SHAPES_SIZES = dict(num_train=640, num_val=200)
 SHAPES_WAIT_S = 3600  # how long a non-chief worker waits for the chief to generate the shapes dataset
 
-flags.DEFINE_multi_string("config_file", None, "A YAML config; repeat the flag to merge several in order, later "
-                          "files winning. Default: none, which runs the main job on the synthetic shapes dataset "
-                          "(configs/mask_rcnn_r18_fpn_shapes.yaml, train_and_eval, then the export and drawings)")
-flags.DEFINE_string("params_override", None, "Config overrides as a.b=c,d.e=f, applied after the config files, "
-                    "e.g. data.samples_per_gpu=4,runner.max_epochs=24. Default: none.")
+_cli.define_config_flags(default_help="Default: none, which runs the main job on the synthetic shapes "
+                         "dataset (configs/mask_rcnn_r18_fpn_shapes.yaml, train_and_eval, then the export and "
+                         "drawings).")
 flags.DEFINE_string("model_dir", None, "Required. The run directory: config.yaml, ckpt-<step> checkpoints, "
                     "logs/ (TensorBoard), metrics.json. An existing run there resumes from its newest checkpoint. "
                     "Under multi_worker_mirrored every worker must see the same one (one host or shared storage).")
@@ -89,7 +86,7 @@ def main(_):
     mode = FLAGS.mode or ("train_and_eval" if main_job else "train")
     metrics = trainer.train(config, FLAGS.model_dir, mode=mode, init_checkpoint=FLAGS.init_checkpoint)
     if main_job and chief and metrics:
-        _finish_main_job(config, metrics)
+        _finish_main_job(metrics)
     return 0
 
 
@@ -119,16 +116,14 @@ def _shapes_paths(shapes):
             f"data.val.ann_file={shapes.val_annotations},data.val.img_prefix={shapes.val_image_dir}"]
 
 
-def _finish_main_job(config, metrics, num_drawn=8):
+def _finish_main_job(metrics, num_drawn=8):
     """Exports the trained model and draws its predictions on the first val images."""
     import glob
 
-    import numpy as np
-    from PIL import Image
-
+    from tfrcnn.config import CONFIG_NAME
     from tfrcnn.export import DetectionModule, export_saved_model
+    from tfrcnn.inference import predict_images
     from tfrcnn.training.checkpoints import load_model
-    from tfrcnn.visualize import draw_detections
 
     model_dir = FLAGS.model_dir
     model, config, _ = load_model(model_dir)
@@ -136,16 +131,11 @@ def _finish_main_job(config, metrics, num_drawn=8):
     export_saved_model(model, config, export_dir, input_types=("image_tensor", "image_bytes"))
     module = DetectionModule(model, config, paste_masks=True)
     drawn_dir = os.path.join(model_dir, "predictions")
-    os.makedirs(drawn_dir, exist_ok=True)
-    for path in sorted(glob.glob(os.path.join(config.data.val.img_prefix, "*.jpg")))[:num_drawn]:
-        image = np.asarray(Image.open(path).convert("RGB"))
-        out = {k: v[0].numpy() for k, v in module.detect(image[None]).items()}
-        n = int(out["num_detections"])
-        picture = draw_detections(image, out["detection_boxes"][:n], out["detection_classes"][:n],
-                                  out["detection_scores"][:n], module.label_map, out["detection_masks_image"][:n])
-        Image.fromarray(picture).save(os.path.join(drawn_dir, os.path.splitext(os.path.basename(path))[0] + ".png"))
+    paths = sorted(glob.glob(os.path.join(config.data.val.img_prefix, "*.jpg")))[:num_drawn]
+    predict_images(lambda image: {k: v.numpy() for k, v in module.detect(image[None]).items()}, paths, drawn_dir,
+                   module.label_map, verbose=False)
     print(f"\nbbox AP {metrics['bbox']['AP']:.3f}, segm AP {metrics['segm']['AP']:.3f} on the shapes val split")
-    print(f"  config:       {os.path.join(model_dir, 'config.yaml')}")
+    print(f"  config:       {os.path.join(model_dir, CONFIG_NAME)}")
     print(f"  checkpoints:  {model_dir}/ckpt-*")
     print(f"  metrics:      {os.path.join(model_dir, 'metrics.json')}")
     print(f"  SavedModel:   {export_dir}")
