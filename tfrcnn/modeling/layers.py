@@ -15,7 +15,6 @@ class ConfiguredLayer(keras.layers.Layer):
 
     @classmethod
     def from_config(cls, config):
-        config = dict(config)
         sections = [None if config.get(name) is None else kind.from_dict(config[name])
                     for name, kind in cls.SECTIONS.items()]
         return cls(*sections, **{k: v for k, v in config.items() if k not in cls.SECTIONS})
