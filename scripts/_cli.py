@@ -45,6 +45,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # The default of --config_file in the tools (benchmarks, the ops demo): MMDetection's Mask R-CNN R50-FPN 1x.
 R50_CONFIG = os.path.join(REPO, "configs", "mask_rcnn_r50_fpn_1x_coco.yaml")
 UsageError = app.UsageError  # raise it in main for a bad combination of flags
+PRECISIONS = ["float32", "mixed_bfloat16", "mixed_float16"]  # --precision: runtime.mixed_precision's Keras policies
 USER_ERRORS = (UsageError, OSError, ValueError)
 _HELP_FLAGS = {"help", "?", "helpshort", "helpfull", "helpxml"}
 _REQUIRED = re.compile(r"flag --(\w+)=None: Flag --\1 must have a value other than None\.")
@@ -283,6 +284,10 @@ def define_checkpoint_flags():
     define_config_flags(default_help="Default: <model_dir>/config.yaml.")
     flags.DEFINE_string("checkpoint_path", None, "A checkpoint prefix such as <model_dir>/ckpt-12 (the files "
                         "ckpt-12.index and ckpt-12.data-*). Default: the newest checkpoint in --model_dir.")
+    flags.DEFINE_enum("precision", None, PRECISIONS, "What the backbone, FPN and heads compute in "
+                      "(runtime.mixed_precision: the weights stay float32; box decoding, NMS scores and mask "
+                      "pasting stay float32 in any case). mixed_bfloat16 is fast on CPUs with AMX or AVX512_BF16 "
+                      "(docs/serving.md). Default: the config's.")
 
 
 def checkpoint_args():
@@ -303,5 +308,11 @@ def checkpoint_args():
             raise FileNotFoundError(f"{f.checkpoint_path}: no such checkpoint ({f.checkpoint_path}.index is missing)")
     elif _local(f.model_dir) and not glob.glob(os.path.join(glob.escape(f.model_dir), "*.index")):
         raise FileNotFoundError(f"no checkpoint in {f.model_dir}")
+    overrides = [o for o in (f.params_override, f.precision and precision_override(f.precision)) if o]
     return dict(model_dir=f.model_dir, config_file=f.config_file, checkpoint_path=f.checkpoint_path,
-                overrides=f.params_override)
+                overrides=overrides or None)
+
+
+def precision_override(precision):
+    """The --params_override item that sets `precision` (float32, mixed_bfloat16 or mixed_float16)."""
+    return f"runtime.mixed_precision={'null' if precision == 'float32' else precision}"

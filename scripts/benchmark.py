@@ -56,7 +56,7 @@ flags.DEFINE_enum("data", "synthetic", ["synthetic", "train"], "The batch the ti
 flags.DEFINE_integer("warmup", 2, "Untimed runs before the timed ones (the first traces the graphs).", lower_bound=1)
 flags.DEFINE_integer("repeats", 5, "Timed runs; the result is their median (with min and max).", lower_bound=1)
 flags.DEFINE_enum("device", "auto", ["auto", "cpu", "gpu"], "auto: the GPU when there is one, else the CPU.")
-flags.DEFINE_enum("precision", "float32", ["float32", "mixed_bfloat16", "mixed_float16"], "Keras dtype policy "
+flags.DEFINE_enum("precision", "float32", _cli.PRECISIONS, "Keras dtype policy "
                   "(runtime.mixed_precision); torchvision runs under autocast to the same half type.")
 flags.DEFINE_boolean("xla", False, "runtime.jit_compile: XLA for the dense part (backbone, FPN, RPN head) of "
                      "inference and training.")
@@ -162,8 +162,7 @@ def main(_):
         raise _cli.UsageError("--device gpu: TensorFlow sees no GPU")
     s = FLAGS.image_size
     settings = (f"data.img_scale=[{s},{s}],data.pad_size=[{s},{s}],test_cfg.rcnn.score_thr={FLAGS.score_thr},"
-                f"runtime.jit_compile={str(FLAGS.xla).lower()},runtime.mixed_precision="
-                f"{'null' if FLAGS.precision == 'float32' else FLAGS.precision}")
+                f"runtime.jit_compile={str(FLAGS.xla).lower()},{_cli.precision_override(FLAGS.precision)}")
     ours = TfrcnnRunner(FLAGS.config_file, [o for o in (FLAGS.params_override, settings) if o], s, data=FLAGS.data,
                         train_batch=FLAGS.train_batch, images=FLAGS.throughput_batch, train="train" in FLAGS.modes)
     if theirs:

@@ -134,7 +134,7 @@ def checkpoint_detector(checkpoint):
 
 def main(_):
     # Flags, image paths and the detector's files are checked before TensorFlow loads: a mistake is reported at once.
-    checkpoint_flags = [n for n in ("model_dir", "config_file", "checkpoint_path", "params_override")
+    checkpoint_flags = [n for n in ("model_dir", "config_file", "checkpoint_path", "params_override", "precision")
                         if FLAGS[n].value is not None]
     if FLAGS.saved_model_dir and checkpoint_flags:
         raise _cli.UsageError(f"--saved_model_dir excludes --{', --'.join(checkpoint_flags)}: give one detector")
