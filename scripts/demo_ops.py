@@ -98,7 +98,8 @@ def main(_):
     line("MaxIoUAssigner (rpn)", f"{int(tf.reduce_sum(tf.cast(gt_inds > 0, tf.int32)))} positive, "
          f"{counts[1]} negative, {counts[0]} ignored")
     line("RandomSampler (rpn)", f"{int(tf.reduce_sum(tf.cast(sample.positive, tf.int32)))} positive + "
-         f"{int(tf.reduce_sum(tf.cast(sample.valid & ~sample.positive, tf.int32)))} negative of {sampler.cfg.num} slots")
+         f"{int(tf.reduce_sum(tf.cast(sample.valid & ~sample.positive, tf.int32)))} negative of "
+         f"{sampler.cfg.num} slots")
 
     # Proposals from ideal RPN outputs plus noise, through the RPN head's own proposal step (no weights needed):
     # per level top nms_pre, decode, clip, min size, NMS per level, top k.

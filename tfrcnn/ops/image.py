@@ -55,10 +55,11 @@ def pad_to(images, height, width):
     rows, cols = images.shape.rank - 3, images.shape.rank - 2
     # tf.pad: half the time of pad_to_bounding_box, which pads through a generic slice-and-concat
     padding = [[0, 0]] * rows + [[0, height - size[rows]], [0, width - size[cols]], [0, 0]]
-    images = tf.pad(images, padding)
     static = [height if isinstance(height, int) else None, width if isinstance(width, int) else None]
-    images.set_shape(images.shape.as_list()[:rows] + static + images.shape.as_list()[-1:])
-    return images
+    # ensure_shape, not set_shape: the graph itself then knows the static sides, which lets grappler fuse a
+    # ResNet block's residual add and ReLU into its convolution (it cannot prove unknown sides equal).
+    shape = images.shape.as_list()
+    return tf.ensure_shape(tf.pad(images, padding), shape[:rows] + static + shape[-1:])
 
 
 def round_up(size, divisor):
