@@ -39,8 +39,9 @@ class SingleRoIExtractor:
     def __call__(self, features, rois, pyramid=None, image_indices=None):
         if len(features) < len(self.strides):
             raise ValueError(f"SingleRoIExtractor: {len(features)} feature maps for strides {self.strides}")
-        # The ops run in float32 whatever the policy: bilinear weights and box arithmetic need the precision.
-        levels = [tf.cast(f, tf.float32) for f in features[:len(self.strides)]]
+        # The boxes and the bilinear arithmetic are float32 whatever the policy (crop_and_resize computes in float32
+        # and returns float32); the maps are stacked in their own dtype, which saves a float32 copy of each.
+        levels = features[:len(self.strides)]
         rois = tf.stop_gradient(tf.cast(rois, tf.float32))
         layer = self.roi_layer
         if layer.type == "RoIAlign":
@@ -111,7 +112,7 @@ class StandardRoIHead(ConfiguredLayer):
         if not self.with_mask or "RoIPool" in (box.roi_layer.type, mask.roi_layer.type) or \
                 tuple(box.featmap_strides) != tuple(mask.featmap_strides):
             return None
-        return stack_pyramid([tf.cast(f, tf.float32) for f in features[:len(box.featmap_strides)]])
+        return stack_pyramid(features[:len(box.featmap_strides)])
 
     # ------------------------------------------------------------------------------------------------ training
 

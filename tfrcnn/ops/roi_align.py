@@ -359,7 +359,8 @@ def _stack_levels(features, pad):
     Args:
       features: list of L maps [B, H_l, W_l, C].
     Returns:
-      canvas [B, sum(H_l + 2 pad), max(W_l) + 2 pad, C] (narrower levels zero-filled on the right);
+      canvas [B, sum(H_l + 2 pad), max(W_l) + 2 pad, C] (narrower levels zero-filled on the right), in the maps'
+        dtype, float32 for bfloat16 maps;
       int32 [L] each: the canvas row of each level's first (padded) row, H_l, W_l.
     """
     heights = [_dim(f, 1) for f in features]
@@ -373,6 +374,8 @@ def _stack_levels(features, pad):
             f = tf.pad(f, [[0, 0], [pad, pad], [pad, pad], [0, 0]], mode="SYMMETRIC")  # edge replicate
         padded.append(tf.pad(f, [[0, 0], [0, 0], [0, max_w - w], [0, 0]]))
     canvas = padded[0] if len(padded) == 1 else tf.concat(padded, axis=1)
+    if canvas.dtype == tf.bfloat16:  # crop_and_resize has no bfloat16 kernel: one cast of the stacked canvas
+        canvas = tf.cast(canvas, tf.float32)
     heights = tf.cast(tf.stack(heights), tf.int32)
     widths = tf.cast(tf.stack(widths), tf.int32)
     row_offsets = tf.cumsum(heights + 2 * pad, exclusive=True)
