@@ -9,7 +9,7 @@ import tensorflow as tf
 import tfrcnn
 from tfrcnn import structures
 from tfrcnn.data import pipeline
-from tfrcnn.export import DetectionModule
+from tfrcnn.export import DetectionModule, export_saved_model
 from tfrcnn.training import build_optimizer, configure_determinism
 
 
@@ -19,16 +19,23 @@ class TfrcnnRunner:
 
     data: "synthetic" (random pixels, 8 random gt boxes and masks per image) or "train" (the first batch of the
     config's training split, through the input pipeline); train_batch: images per training step (None:
-    data.samples_per_gpu); images: how many uint8 images to hold for inference; train: compile for `run("train")`.
+    data.samples_per_gpu); images: how many uint8 images to hold for inference; train: compile for `run("train")`;
+    saved_model_dir: export the model there (image_tensor, masks pasted) and run inference through the SavedModel.
     """
 
-    def __init__(self, config_file, overrides, image_size, data="synthetic", train_batch=None, images=1, train=True):
+    def __init__(self, config_file, overrides, image_size, data="synthetic", train_batch=None, images=1, train=True,
+                 saved_model_dir=None):
         self.config = tfrcnn.load_config(config_file, overrides)
         self.image_size = image_size
         self.train_batch_size = train_batch or self.config.data.samples_per_gpu
         configure_determinism(self.config)  # as training runs the config (runtime.deterministic)
         self.model = tfrcnn.build_model(self.config, build_size=(image_size, image_size))
         self.module = DetectionModule(self.model, self.config, paste_masks=self.config.model.with_mask)
+        self.detect = self.module.detect
+        if saved_model_dir:
+            export_saved_model(self.model, self.config, saved_model_dir, paste_masks=self.config.model.with_mask)
+            signature = tf.saved_model.load(saved_model_dir).signatures["image_tensor"]
+            self.detect = lambda images: signature(inputs=images)
         batch = max(images, self.train_batch_size)
         if data == "train":
             self.train_batch, self.images = self._training_batch(batch)
@@ -103,7 +110,7 @@ class TfrcnnRunner:
             logs = self.model.train_on_batch(*self.train_batch, return_dict=True)
             float(logs["loss"])  # waits for the step
         else:
-            tf.nest.map_structure(lambda t: t.numpy(), self.module.detect(self.images[:batch]))
+            tf.nest.map_structure(lambda t: t.numpy(), self.detect(self.images[:batch]))
         return time.perf_counter() - start
 
     def peak_gpu_memory_mb(self):

@@ -5,6 +5,8 @@ by side with its torchvision twin.
     python scripts/benchmark.py --config_file configs/mask_rcnn_r18_fpn_shapes.yaml --image_size 192 \
         --data train --compare torchvision --modes train      # the main job's step against torchvision's
     python scripts/benchmark.py --modes inference --precision mixed_bfloat16 --xla --profile
+    python scripts/benchmark.py --precision mixed_bfloat16 --compare_precision float32 --saved_model \
+        --modes inference --modes train      # bfloat16 against float32, through exported SavedModels
 
 Inference is the product's path: uint8 images through `DetectionModule` (resize, normalize, pad, the model, boxes
 to original pixels, masks pasted into the image). Training is one optimizer step of `train_on_batch` on one batch
@@ -18,7 +20,10 @@ With `--compare torchvision` (torch and torchvision installed) a worker process 
 torchvision's model built from the same config (`benchmarks/torchvision_twin.py`: ResNet depth, frozen stages and
 norm, FPN width, anchors, RPN and R-CNN sample and proposal counts, head widths, `min_size = max_size =
 image_size`), on the same images and gt boxes. The two alternate A B A B, so that drifts of the machine hit both
-alike, and every pair gives a ratio (tfrcnn / torchvision; below 1 means tfrcnn is faster).
+alike, and every pair gives a ratio (tfrcnn / torchvision; below 1 means tfrcnn is faster). With
+`--compare_precision P` the other side is tfrcnn itself at precision P, in this process (the ratio is --precision's
+time over P's). `--saved_model` times inference through a SavedModel exported from the model (`image_tensor`, masks
+pasted), as TF Serving runs it, instead of the in-process DetectionModule.
 
 Output: one JSON line per mode on stdout (and appended to --output): times in seconds, images/s, peak memory,
 ratios, the device, the CPU model and its bfloat16 units, precision and XLA setting, and the date.
@@ -66,6 +71,10 @@ flags.DEFINE_enum("compare", "none", ["none", "torchvision"], "Also measure torc
 flags.DEFINE_boolean("profile", False, "Also time the inference stages one by one (backbone, FPN, RPN head, "
                      "proposals, RoIAlign canvas, box RoIAlign, box head, detections, mask RoIAlign, mask head, "
                      "paste).")
+flags.DEFINE_enum("compare_precision", None, _cli.PRECISIONS, "Also measure tfrcnn at this precision, alternating "
+                  "with --precision (not with --compare torchvision). Default: none.")
+flags.DEFINE_boolean("saved_model", False, "Time inference through an exported SavedModel (image_tensor signature, "
+                     "masks pasted) instead of the in-process DetectionModule.")
 flags.DEFINE_string("output", None, "Also append the JSON lines to this file. Default: stdout only.")
 FLAGS = flags.FLAGS
 
@@ -146,6 +155,8 @@ class TorchvisionClient:
 def main(_):
     if FLAGS.image_size % 32:
         raise _cli.UsageError(f"--image_size must be a multiple of 32, got {FLAGS.image_size}")
+    if FLAGS.compare_precision and FLAGS.compare != "none":
+        raise _cli.UsageError("--compare_precision and --compare torchvision: one comparison at a time")
     _cli.check_config_files(FLAGS.config_file)  # before TensorFlow loads
     if FLAGS.device == "cpu":
         os.environ["CUDA_VISIBLE_DEVICES"] = ""
@@ -162,34 +173,45 @@ def main(_):
         raise _cli.UsageError("--device gpu: TensorFlow sees no GPU")
     s = FLAGS.image_size
     settings = (f"data.img_scale=[{s},{s}],data.pad_size=[{s},{s}],test_cfg.rcnn.score_thr={FLAGS.score_thr},"
-                f"runtime.jit_compile={str(FLAGS.xla).lower()},{_cli.precision_override(FLAGS.precision)}")
-    ours = TfrcnnRunner(FLAGS.config_file, [o for o in (FLAGS.params_override, settings) if o], s, data=FLAGS.data,
-                        train_batch=FLAGS.train_batch, images=FLAGS.throughput_batch, train="train" in FLAGS.modes)
-    if theirs:
-        with tempfile.TemporaryDirectory() as work_dir:
-            theirs.setup(ours, work_dir)
+                f"runtime.jit_compile={str(FLAGS.xla).lower()}")
+    work_dir = tempfile.TemporaryDirectory()
+
+    def runner(precision):
+        overrides = [o for o in (FLAGS.params_override, settings, _cli.precision_override(precision)) if o]
+        saved_model = os.path.join(work_dir.name, precision) if FLAGS.saved_model else None
+        return TfrcnnRunner(FLAGS.config_file, overrides, s, data=FLAGS.data, train_batch=FLAGS.train_batch,
+                            images=FLAGS.throughput_batch, train="train" in FLAGS.modes, saved_model_dir=saved_model)
+
+    ours = runner(FLAGS.precision)
+    other = f"tfrcnn_{FLAGS.compare_precision}" if FLAGS.compare_precision else "torchvision"
+    if FLAGS.compare_precision:
+        theirs = runner(FLAGS.compare_precision)
+    elif theirs:
+        theirs.setup(ours, work_dir.name)
     common = {"image_size": s, "device": "gpu" if gpu else "cpu", "precision": FLAGS.precision,
-              "xla": FLAGS.xla, "score_thr": FLAGS.score_thr, "data": FLAGS.data,
+              "saved_model": FLAGS.saved_model, "xla": FLAGS.xla, "score_thr": FLAGS.score_thr, "data": FLAGS.data,
               "machine": f"{platform.node()} {os.cpu_count()} cpus", **cpu_info(),
               "date": datetime.date.today().isoformat(), "config": FLAGS.config_file,
               "params_override": FLAGS.params_override}
     lines = []
     for mode in FLAGS.modes:
         images = {"inference": 1, "throughput": FLAGS.throughput_batch, "train": ours.train_batch_size}[mode]
-        times = {"tfrcnn": [], "torchvision": []}
+        times = {"tfrcnn": [], other: []}
         for i in range(FLAGS.warmup + FLAGS.repeats):  # A B A B ...
             a = ours.run(mode, images)
             b = theirs.run(mode, images) if theirs else None
             if i >= FLAGS.warmup:
                 times["tfrcnn"].append(a)
                 if theirs:
-                    times["torchvision"].append(b)
+                    times[other].append(b)
         record = {"mode": mode, "batch": images, **common, "tfrcnn": summary(times["tfrcnn"], images)}
+        # (both precisions share this process: its peak memory is theirs together)
         record["tfrcnn"]["peak_memory_mb"] = ours.peak_gpu_memory_mb() or peak_rss_mb()
         if theirs:
-            record["torchvision"] = summary(times["torchvision"], images)
-            record["torchvision"]["peak_memory_mb"] = theirs.peak_memory_mb()
-            ratios = [a / b for a, b in zip(times["tfrcnn"], times["torchvision"])]
+            record[other] = summary(times[other], images)
+            record[other]["peak_memory_mb"] = theirs.peak_gpu_memory_mb() or peak_rss_mb() \
+                if FLAGS.compare_precision else theirs.peak_memory_mb()
+            ratios = [a / b for a, b in zip(times["tfrcnn"], times[other])]
             record["ratios"] = [round(r, 3) for r in ratios]
             record["ratio_median"] = round(statistics.median(ratios), 3)
         lines.append(record)
@@ -198,8 +220,9 @@ def main(_):
         record = {"mode": "profile", "batch": 1, **common, "stages_s": ours.profile(FLAGS.repeats)}
         lines.append(record)
         print(json.dumps(record), flush=True)
-    if theirs:
+    if theirs and not FLAGS.compare_precision:
         theirs.close()
+    work_dir.cleanup()
     if FLAGS.output:
         with open(FLAGS.output, "a") as f:
             for record in lines:
