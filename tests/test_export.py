@@ -220,3 +220,36 @@ def test_size_divisor_padding_and_torchvision_paste(exported):
     out = module.detect_bytes(jpegs)
     np.testing.assert_array_equal(out["image_info"].numpy()[:, 0], SIZES)
     assert (out["num_detections"].numpy() > 0).all()
+
+
+def _op_dtypes(function):
+    """{(op type, T)} of a traced function's graph and of every function it calls."""
+    graph = function.graph.as_graph_def()
+    nodes = list(graph.node) + [n for f in graph.library.function for n in f.node_def]
+    return {(n.op, tf.dtypes.as_dtype(n.attr["T"].type).name) for n in nodes if n.attr["T"].type}
+
+
+def test_bfloat16_export_keeps_the_signatures_and_computes_in_bfloat16(exported, tmp_path):
+    """runtime.mixed_precision mixed_bfloat16 (export_saved_model.py --precision mixed_bfloat16): the same
+    signatures, inputs and outputs as the float32 export, convolutions in bfloat16, boxes and scores in float32."""
+    config = tfrcnn.load_config(TINY, [OVERRIDES, "runtime.mixed_precision=mixed_bfloat16"])
+    model = tfrcnn.build_model(config)
+    model.set_weights(exported["model"].get_weights())  # float32 variables under either policy
+    export_dir = str(tmp_path / "bf16")
+    assert export.export_saved_model(model, config, export_dir, input_types=("image_bytes", "image_tensor",
+                                                                           "tf_example"), paste_masks=True) == \
+        exported["keys"]
+    served, reference = tf.saved_model.load(export_dir), tf.saved_model.load(exported["export_dir"])
+    for key in exported["keys"]:
+        ours, theirs = served.signatures[key], reference.signatures[key]
+        assert ours.structured_input_signature == theirs.structured_input_signature
+        assert ours.structured_outputs.keys() == theirs.structured_outputs.keys()
+        assert {k: v.dtype for k, v in ours.structured_outputs.items()} == \
+            {k: v.dtype for k, v in theirs.structured_outputs.items()}
+    ops = _op_dtypes(served.signatures["image_tensor"])
+    assert any(dtype == "bfloat16" and "Conv2D" in op for op, dtype in ops), sorted(ops)
+    assert not any(dtype == "bfloat16" and "Conv2D" in op for op, dtype in _op_dtypes(reference.signatures[
+        "image_tensor"]))
+    out = served.signatures["image_tensor"](inputs=tf.constant(exported["decoded"][0][None]))
+    assert out["detection_boxes"].dtype == out["detection_scores"].dtype == tf.float32
+    assert tfrcnn.load_config(os.path.join(export_dir, "config.yaml")).runtime.mixed_precision == "mixed_bfloat16"
