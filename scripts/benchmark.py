@@ -86,21 +86,6 @@ def summary(seconds, images):
             "images_per_s": round(images / median, 3), "runs": len(seconds)}
 
 
-def cpu_info():
-    """{cpu: the model name, cpu_features: which of avx2, avx512f, avx512_bf16, amx_bf16 it has} from /proc/cpuinfo
-    (Linux; elsewhere the platform's processor string and no features)."""
-    try:
-        with open("/proc/cpuinfo") as f:
-            text = f.read()
-    except OSError:
-        return {"cpu": platform.processor() or platform.machine(), "cpu_features": []}
-    model = next((line.split(":", 1)[1].strip() for line in text.splitlines() if line.startswith("model name")),
-                 platform.machine())
-    flags_line = next((line for line in text.splitlines() if line.startswith("flags")), "")
-    present = set(flags_line.split(":", 1)[-1].split())
-    return {"cpu": model, "cpu_features": [f for f in ("avx2", "avx512f", "avx512_bf16", "amx_bf16") if f in present]}
-
-
 def peak_rss_mb():
     """This process's peak resident memory (tfrcnn's, on a CPU; the torchvision worker reports its own)."""
     return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0, 1)  # Linux reports KiB
@@ -167,6 +152,8 @@ def main(_):
 
     sys.path.insert(0, BENCHMARKS)
     from tfrcnn_runner import TfrcnnRunner
+
+    from tfrcnn.hardware import cpu_info
 
     gpu = bool(tf.config.list_physical_devices("GPU"))
     if FLAGS.device == "gpu" and not gpu:

@@ -2,6 +2,8 @@
 import keras
 import tensorflow as tf
 
+from tfrcnn.hardware import warn_if_bfloat16_is_emulated
+
 
 def build_model(config, build_size=(128, 128)):
     """The detector a config describes, with its weights created.
@@ -16,6 +18,7 @@ def build_model(config, build_size=(128, 128)):
     from tfrcnn.modeling.detectors import FasterRCNN, MaskRCNN
 
     cls = MaskRCNN if config.model.with_mask else FasterRCNN
+    warn_if_bfloat16_is_emulated(config.runtime.mixed_precision, bool(tf.config.list_logical_devices("GPU")))
     previous = keras.config.dtype_policy()
     keras.config.set_dtype_policy(config.runtime.mixed_precision or "float32")
     try:
