@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from tfrcnn.visualize import MASK_ALPHA, category_color, draw_detections
+from tfrcnn.visualize import CROWD_COLOR, MASK_ALPHA, category_color, draw_detections, draw_ground_truth
 
 NAMES = {1: "rectangle", 2: "ellipse"}
 
@@ -99,3 +99,19 @@ def test_unknown_category_and_bad_shapes():
         draw_detections(image, [[5, 5, 30, 30]], [1], [0.9], NAMES, masks=np.zeros((1, 10, 10)))
     with pytest.raises(ValueError, match="boxes"):
         draw_detections(image, [[5, 5, 30, 30]], [1, 2], [0.9], NAMES)
+
+
+def test_ground_truth_without_scores_crowd_grey_and_padding_darkened():
+    image = _gray()
+    out = draw_ground_truth(image, [[10, 10, 30, 30]], [1], NAMES, crowd_boxes=[[40, 50, 60, 90]],
+                            valid_size=(50, 80))
+    np.testing.assert_array_equal(out[20, 10], category_color(1))  # the box's left side
+    np.testing.assert_array_equal(out[45, 50], CROWD_COLOR)  # the crowd box's left side, inside the image
+    np.testing.assert_array_equal(out[55, 20], [33, 33, 33])  # below the valid rows: 100 // 3
+    np.testing.assert_array_equal(out[5, 85], [33, 33, 33])  # right of the valid columns
+    np.testing.assert_array_equal(out[45, 40], [100, 100, 100])  # image, untouched
+    # the label is the name alone: the same pixels as a detection labelled without its score would need
+    scored = draw_detections(image, [[10, 10, 30, 30]], [1], [1.0], NAMES)
+    plain = draw_ground_truth(image, [[10, 10, 30, 30]], [1], NAMES)
+    assert (plain != 100).sum() < (scored != 100).sum()  # "rectangle 1.00" covers more than "rectangle"
+    assert (plain != scored).any()

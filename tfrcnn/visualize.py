@@ -49,7 +49,7 @@ def draw_detections(image, boxes, classes, scores, class_names=None, masks=None,
       image: uint8 [H, W, 3] RGB.
       boxes: [K, 4] [y1, x1, y2, x2] in original-image pixels (the frame of `image`).
       classes: int [K] dataset category ids (rows with id 0, padding, are skipped).
-      scores: [K] confidences.
+      scores: [K] confidences, or None for ground truth: every box drawn, labelled with its name alone.
       class_names: {category id: name}; an id it lacks is labelled with the id itself.
       masks: None or [K, H, W] masks in the image (0/1, bool, or probabilities thresholded at 0.5).
       score_threshold: detections below it are not drawn.
@@ -63,7 +63,8 @@ def draw_detections(image, boxes, classes, scores, class_names=None, masks=None,
     height, width = image.shape[:2]
     boxes = np.asarray(boxes, np.float64).reshape(-1, 4)
     classes = np.asarray(classes).astype(np.int64).reshape(-1)
-    scores = np.asarray(scores, np.float64).reshape(-1)
+    labelled = scores is not None
+    scores = np.asarray(scores, np.float64).reshape(-1) if labelled else np.ones(len(boxes))
     if not len(boxes) == len(classes) == len(scores):
         raise ValueError(f"draw_detections: {len(boxes)} boxes, {len(classes)} classes and {len(scores)} scores")
     class_names = class_names or {}
@@ -92,7 +93,7 @@ def draw_detections(image, boxes, classes, scores, class_names=None, masks=None,
         draw.rectangle([left, top, right, bottom], outline=color, width=thickness)
         corners.append((left, top))
     for k, color, (left, top) in zip(keep, colors, corners):
-        text = f"{class_names.get(int(classes[k]), str(int(classes[k])))} {scores[k]:.2f}"
+        text = class_names.get(int(classes[k]), str(int(classes[k]))) + (f" {scores[k]:.2f}" if labelled else "")
         tx1, ty1, tx2, ty2 = draw.textbbox((0, 0), text, font=font)
         text_w, text_h = tx2 - tx1 + 4, ty2 - ty1 + 4
         # Above the box; inside it, at its top, when there is no room above; shifted left to stay in the image.
@@ -100,4 +101,33 @@ def draw_detections(image, boxes, classes, scores, class_names=None, masks=None,
         x = max(0, min(left, width - text_w))
         draw.rectangle([x, y, x + text_w - 1, y + text_h - 1], fill=color)
         draw.text((x + 2 - tx1, y + 2 - ty1), text, fill=_text_color(color), font=font)
+    return np.asarray(picture, np.uint8)
+
+
+CROWD_COLOR = (160, 160, 160)
+
+
+def draw_ground_truth(image, boxes, classes, class_names=None, masks=None, crowd_boxes=(), valid_size=None):
+    """Ground truth as `draw_detections` draws detections (no scores), crowd regions as grey boxes labelled
+    "crowd", and the padding outside `valid_size` darkened.
+
+    Args:
+      image: uint8 [H, W, 3]; boxes [K, 4] [y1, x1, y2, x2] and crowd_boxes [C, 4] in its pixels; classes int [K]
+        category ids; masks None or [K, H, W] 0/1 in the image.
+      valid_size: (h, w) of the image within a padded canvas (the rest is padding); None: all of it is image.
+    """
+    canvas = np.array(image, np.uint8)
+    if valid_size is not None:
+        h, w = (int(v) for v in valid_size)
+        canvas[h:] //= 3
+        canvas[:h, w:] //= 3
+    canvas = draw_detections(canvas, boxes, classes, None, class_names, masks=masks)
+    crowd_boxes = np.asarray(crowd_boxes, np.float64).reshape(-1, 4)
+    if not len(crowd_boxes):
+        return canvas
+    picture = Image.fromarray(canvas)
+    draw = ImageDraw.Draw(picture)
+    for y1, x1, y2, x2 in crowd_boxes:
+        draw.rectangle([x1, y1, max(x2 - 1, x1), max(y2 - 1, y1)], outline=CROWD_COLOR, width=1)
+        draw.text((x1 + 2, y1 + 1), "crowd", fill=CROWD_COLOR)
     return np.asarray(picture, np.uint8)

@@ -114,7 +114,8 @@ class CorruptImages(list):
     """Images skipped because they did not decode: 'source_id <id> (<filename>) in <file>' per entry."""
 
 
-def build_dataset(config, split, training, batch_size=None, input_context=None, corrupt_images=None):
+def build_dataset(config, split, training, batch_size=None, input_context=None, corrupt_images=None,
+                  keep_source_id=False):
     """The batched dataset of one split of `config.data`.
 
     Args:
@@ -128,6 +129,8 @@ def build_dataset(config, split, training, batch_size=None, input_context=None, 
       corrupt_images: a CorruptImages list that receives each image skipped as corrupt (data.corrupt_images
         'skip'); with 'error' a corrupt image stops the pipeline with an InvalidArgumentError naming it, which
         `input_errors` turns into a ValueError of that one line.
+      keep_source_id: training targets carry `source_id` too (evaluation targets always do), e.g. to name the
+        images that scripts/browse_dataset.py draws.
     Raises ValueError (`check_masks`) when the model has a mask head and the split's first TFRecord shard has
     no masks.
     Returns:
@@ -135,25 +138,13 @@ def build_dataset(config, split, training, batch_size=None, input_context=None, 
       training, targets also hold source_id string [B], original_size int32 [B, 2], scale float32 [B, 2].
     """
     data_cfg = config.data
-    split_cfg = getattr(data_cfg, split)
+    ds = read_examples(config, split, training, input_context, corrupt_images)
     seed = config.runtime.seed
-    with_mask = config.model.with_mask
-    category_ids, _ = coco.resolve_categories(data_cfg)
-    if with_mask and split_cfg.tfrecord:
-        check_masks(split_cfg.tfrecord)  # now, rather than as a tf.data error once training has begun
-    records = _records(split_cfg, with_mask, training, seed, data_cfg.shuffle_buffer, input_context)
-    ds = records.map(lambda source, record: dict(tfrecord.parse_example(record), file=source),
-                     num_parallel_calls=AUTOTUNE)
-    table = _class_table(category_ids)
-    ds = ds.map(lambda ex: dict(ex, classes=table.lookup(ex["labels"])), num_parallel_calls=AUTOTUNE)
-    if training and split_cfg.filter_empty_gt:
-        ds = ds.filter(_has_gt)
-    ds = _decode_images(ds, data_cfg.corrupt_images, corrupt_images, data_cfg.deterministic)
     if training:
         ds = tf.data.Dataset.zip((ds, tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True)))
     else:
         ds = ds.map(lambda ex: (ex, tf.constant(0, tf.int64)))
-    transform = _Transform(data_cfg, with_mask, training)
+    transform = _Transform(data_cfg, config.model.with_mask, training, keep_source_id)
     ds = ds.map(transform, num_parallel_calls=AUTOTUNE)
     batch_size = batch_size or data_cfg.samples_per_gpu
     if training or transform.test.static:
@@ -164,6 +155,27 @@ def build_dataset(config, split, training, batch_size=None, input_context=None, 
     options.deterministic = data_cfg.deterministic
     options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.OFF
     return ds.with_options(options).prefetch(AUTOTUNE)
+
+
+def read_examples(config, split, training=False, input_context=None, corrupt_images=None):
+    """The split's images one by one as stored, before any transform: `tfrecord.parse_example`'s dict plus `file`
+    (the shard or ann_file it came from), `classes` int32 [N] (1..N, -1 for a category outside
+    data.category_ids) and `image` uint8 [h, w, 3]. With `training`: shuffled, and without the images that
+    `filter_empty_gt` drops. Corrupt images as in `build_dataset`."""
+    data_cfg = config.data
+    split_cfg = getattr(data_cfg, split)
+    with_mask = config.model.with_mask
+    category_ids, _ = coco.resolve_categories(data_cfg)
+    if with_mask and split_cfg.tfrecord:
+        check_masks(split_cfg.tfrecord)  # now, rather than as a tf.data error once training has begun
+    records = _records(split_cfg, with_mask, training, config.runtime.seed, data_cfg.shuffle_buffer, input_context)
+    ds = records.map(lambda source, record: dict(tfrecord.parse_example(record), file=source),
+                     num_parallel_calls=AUTOTUNE)
+    table = _class_table(category_ids)
+    ds = ds.map(lambda ex: dict(ex, classes=table.lookup(ex["labels"])), num_parallel_calls=AUTOTUNE)
+    if training and split_cfg.filter_empty_gt:
+        ds = ds.filter(_has_gt)
+    return _decode_images(ds, data_cfg.corrupt_images, corrupt_images, data_cfg.deterministic)
 
 
 def _class_table(category_ids):
@@ -308,8 +320,8 @@ class _Transform:
     (multi-scale img_scale) and a flip, and always pads to the static canvas.
     """
 
-    def __init__(self, data_cfg, with_mask, training):
-        self.cfg, self.with_mask, self.training = data_cfg, with_mask, training
+    def __init__(self, data_cfg, with_mask, training, keep_source_id=False):
+        self.cfg, self.with_mask, self.training, self.keep_source_id = data_cfg, with_mask, training, keep_source_id
         self.max_instances, self.crop = data_cfg.max_instances, data_cfg.mask_crop_size
         self.test = Transform(data_cfg)
 
@@ -353,8 +365,9 @@ class _Transform:
         }
         if masks is not None:
             targets[structures.GT_MASKS] = self._pad(tf.gather(masks, keep))
-        if not self.training:
+        if self.keep_source_id or not self.training:
             targets[structures.SOURCE_ID] = ex["source_id"]
+        if not self.training:
             targets[structures.ORIGINAL_SIZE] = size
             targets[structures.SCALE] = scale
         return image, targets
