@@ -1,7 +1,8 @@
 import numpy as np
 import pytest
 
-from tfrcnn.visualize import CROWD_COLOR, MASK_ALPHA, category_color, draw_detections, draw_ground_truth
+from tfrcnn.visualize import (CROWD_COLOR, MASK_ALPHA, category_color, draw_detections, draw_ground_truth,
+                              draw_records)
 
 NAMES = {1: "rectangle", 2: "ellipse"}
 
@@ -115,3 +116,31 @@ def test_ground_truth_without_scores_crowd_grey_and_padding_darkened():
     plain = draw_ground_truth(image, [[10, 10, 30, 30]], [1], NAMES)
     assert (plain != 100).sum() < (scored != 100).sum()  # "rectangle 1.00" covers more than "rectangle"
     assert (plain != scored).any()
+
+
+def test_records_results_and_annotations_draw_as_arrays_do():
+    from pycocotools import mask as mask_utils
+
+    image = _gray()
+    mask = np.zeros((64, 96), np.uint8)
+    mask[20:40, 30:60] = 1
+    rle = mask_utils.encode(np.asfortranarray(mask))
+    rle["counts"] = rle["counts"].decode()
+    result = {"image_id": 1, "category_id": 2, "bbox": [30, 20, 30, 20], "score": 0.8, "segmentation": rle}
+    expected = draw_detections(image, [[20, 30, 40, 60]], [2], [0.8], NAMES, masks=mask[None])
+    np.testing.assert_array_equal(draw_records(image, [result], NAMES), expected)
+    # a segm result without its bbox takes its mask's extent
+    no_box = {k: v for k, v in result.items() if k != "bbox"}
+    np.testing.assert_array_equal(draw_records(image, [no_box], NAMES), expected)
+    np.testing.assert_array_equal(draw_records(image, [result], NAMES, score_threshold=0.9), image)
+    # annotations: no score, polygons, crowd grey
+    annotations = [{"category_id": 1, "bbox": [10, 5, 20, 10], "iscrowd": 0,
+                    "segmentation": [[10, 5, 30, 5, 30, 15, 10, 15]]},
+                   {"category_id": 2, "bbox": [50, 40, 30, 20], "iscrowd": 1, "segmentation": rle}]
+    polygon = np.zeros((64, 96), np.uint8)
+    polygon[5:15, 10:30] = 1  # pycocotools rasterizes this rectangle's pixels [5, 15) x [10, 30)
+    expected = draw_ground_truth(image, [[5, 10, 15, 30]], [1], NAMES, masks=polygon[None],
+                                 crowd_boxes=[[40, 50, 60, 80]])
+    drawn = draw_records(image, annotations, NAMES)
+    np.testing.assert_array_equal(drawn, expected)
+    np.testing.assert_array_equal(drawn[50, 50], CROWD_COLOR)

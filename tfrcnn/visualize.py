@@ -1,7 +1,8 @@
 """Draws detections on an image with PIL: a colour per category, translucent masks, boxes and "name score" labels.
 
 Host-side numpy/PIL only (no TensorFlow): it takes what `tfrcnn.export.DetectionModule` returns for one image,
-boxes [y1, x1, y2, x2] in ORIGINAL image pixels and masks already pasted into the image.
+boxes [y1, x1, y2, x2] in ORIGINAL image pixels and masks already pasted into the image; or COCO records (results
+or ground-truth annotations, `draw_records`).
 """
 import colorsys
 
@@ -131,3 +132,32 @@ def draw_ground_truth(image, boxes, classes, class_names=None, masks=None, crowd
         draw.rectangle([x1, y1, max(x2 - 1, x1), max(y2 - 1, y1)], outline=CROWD_COLOR, width=1)
         draw.text((x1 + 2, y1 + 1), "crowd", fill=CROWD_COLOR)
     return np.asarray(picture, np.uint8)
+
+
+def draw_records(image, records, class_names=None, score_threshold=0.5):
+    """Draws one image's COCO records: results (with a "score": `draw_detections`) or ground-truth annotations
+    (without: `draw_ground_truth`, crowd ones grey). Boxes are COCO's [x, y, w, h] in the image's pixels (a
+    record without "bbox" takes its mask's); a "segmentation" (polygons or RLE) is drawn when every record has one.
+    """
+    from tfrcnn.data.coco import annotation_mask
+
+    height, width = np.asarray(image).shape[:2]
+    masks = None
+    if records and all("segmentation" in r for r in records):
+        masks = np.stack([annotation_mask(r["segmentation"], height, width) for r in records])
+    boxes = []
+    for k, r in enumerate(records):
+        if "bbox" in r:
+            x, y, w, h = r["bbox"]
+        else:  # a segm result: its mask's extent
+            rows, cols = np.flatnonzero(masks[k].any(1)), np.flatnonzero(masks[k].any(0))
+            y, x, h, w = (rows[0], cols[0], rows[-1] + 1 - rows[0], cols[-1] + 1 - cols[0]) if rows.size else (0,) * 4
+        boxes.append([y, x, y + h, x + w])
+    boxes = np.asarray(boxes, np.float64).reshape(-1, 4)
+    classes = np.array([r["category_id"] for r in records], np.int64)
+    if all("score" in r for r in records) and records:
+        return draw_detections(image, boxes, classes, [r["score"] for r in records], class_names, masks,
+                               score_threshold)
+    crowd = np.array([bool(r.get("iscrowd", 0)) for r in records], bool)
+    return draw_ground_truth(image, boxes[~crowd], classes[~crowd], class_names,
+                             None if masks is None else masks[~crowd], crowd_boxes=boxes[crowd])

@@ -129,3 +129,43 @@ def test_a_missing_pretrained_file_is_one_error_line_before_anything_is_written(
                  "https://download.pytorch.org/models/resnet50-0676ba61.pth", f"copy it to {hub}"):
         assert part in errors[0], errors[0]
     assert not (tmp_path / "run").exists()
+
+
+def _summaries(log_dir):
+    """{tag: [(step, plugin name, tensor)]} of every event file under log_dir."""
+    import tensorflow as tf
+
+    found = {}
+    for path in log_dir.glob("events.out.tfevents.*"):
+        for event in tf.compat.v1.train.summary_iterator(str(path)):
+            for value in event.summary.value:
+                found.setdefault(value.tag, []).append(
+                    (event.step, value.metadata.plugin_data.plugin_name, tf.make_ndarray(value.tensor)))
+    return found
+
+
+def test_evaluation_writes_per_class_ap_and_drawn_val_images_to_tensorboard(shapes, tmp_path):
+    import io
+
+    from PIL import Image
+
+    model_dir = tmp_path / "run"
+    out = subprocess.run(command(shapes, model_dir, **{"runner.max_epochs": 1}) + ["--mode", "train_and_eval"],
+                         env=ENV, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    summaries = _summaries(model_dir / "logs")
+    metrics = json.loads((model_dir / "metrics.json").read_text())
+    for iou_type in ("bbox", "segm"):
+        for name, value in metrics[iou_type]["per_class"].items():
+            if value != value:  # NaN: no gt of the class in the split, no scalar
+                assert f"eval_per_class/{iou_type}_AP/{name}" not in summaries
+                continue
+            [(step, plugin, tensor)] = summaries[f"eval_per_class/{iou_type}_AP/{name}"]
+            assert (step, plugin) == (4, "scalars") and abs(float(tensor) - value) < 1e-6
+    images = {tag: entries for tag, entries in summaries.items() if tag.startswith("eval_images/")}
+    assert sorted(images) == [f"eval_images/{i}" for i in (1, 2, 3, 4)]  # the first val images, by id
+    for [(step, plugin, tensor)] in images.values():
+        assert (step, plugin) == (4, "images")
+        width, height, png = tensor
+        with Image.open(io.BytesIO(png)) as picture:  # the original image (64 px), detections drawn on it
+            assert picture.size == (int(width), int(height)) == (64, 64) and picture.mode == "RGB"

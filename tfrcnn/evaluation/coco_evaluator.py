@@ -124,7 +124,7 @@ class CocoEvaluator:
         """Forgets every added image and detection."""
         self._image_ids = []
         self._seen = set()
-        self._results = {t: [] for t in self.iou_types}
+        self._records = []
 
     @property
     def num_images(self):
@@ -136,9 +136,12 @@ class CocoEvaluator:
         """The ids of the images added so far, in the order they came."""
         return list(self._image_ids)
 
-    def results(self, iou_type):
-        """The COCO results list collected for `iou_type` (the JSON pycocotools' loadRes reads); do not modify."""
-        return self._results[iou_type]
+    def results(self, iou_type=None):
+        """The COCO results collected so far (the JSON pycocotools' loadRes reads), new dicts: for `iou_type` "bbox"
+        without masks, for "segm" without boxes (loadRes would take the box's area instead of the mask's for the
+        area ranges; MMDetection and detectron2 drop it too); None: each with both, as predict.py writes them."""
+        drop = {"bbox": "segmentation", "segm": "bbox"}.get(iou_type)
+        return [{k: v for k, v in r.items() if k != drop} for r in self._records]
 
     # ------------------------------------------------------------------------------------------ collecting
 
@@ -190,13 +193,8 @@ class CocoEvaluator:
                                  f"{masks.shape[1]}x{masks.shape[2]}")
             else:
                 pasted = masks >= self.postprocess.mask_threshold if masks.dtype.kind == "f" else masks != 0
-        records = coco_results(image_id, boxes, scores, self.postprocess.category_ids_of(classes).numpy(), pasted)
-        if "bbox" in self.iou_types:
-            self._results["bbox"] += [{k: v for k, v in r.items() if k != "segmentation"} for r in records]
-        if "segm" in self.iou_types:
-            # No "bbox" key: loadRes would then take the box's area instead of the mask's for the area ranges
-            # (MMDetection and detectron2 drop it too).
-            self._results["segm"] += [{k: v for k, v in r.items() if k != "bbox"} for r in records]
+        self._records += coco_results(image_id, boxes, scores, self.postprocess.category_ids_of(classes).numpy(),
+                                      pasted)
         self._seen.add(image_id)
         self._image_ids.append(image_id)
 
@@ -247,8 +245,7 @@ class CocoEvaluator:
         image_ids = sorted(self._image_ids)
         metrics = {}
         for iou_type in self.iou_types:
-            # loadRes and COCOeval add keys to each result dict: hand them copies so evaluate() can run again.
-            results = [dict(r) for r in self._results[iou_type]]
+            results = self.results(iou_type)  # new dicts: loadRes and COCOeval add keys to them
             with _quiet(self.verbose):
                 coco_dt = self.coco_gt.loadRes(results) if results else self._empty_results()
                 coco_eval = COCOeval(self.coco_gt, coco_dt, iou_type)

@@ -1,8 +1,9 @@
 """The training job behind scripts/train.py: fit with checkpoints, resume, logs, and COCO evaluation.
 
 A run lives in `model_dir`: `config.yaml` (the resolved config), `ckpt-<step>` checkpoints (the newest
-`checkpoint_config.max_keep`), `logs/` (TensorBoard: losses and learning rate every `log_config.interval` steps,
-evaluation metrics), `metrics.json` and `metrics.txt` (the last evaluation).
+`checkpoint_config.max_keep`), `logs/` (TensorBoard: losses and learning rate every `log_config.interval` steps;
+at each evaluation its metrics, the per-class APs and the first val images drawn with their detections),
+`metrics.json` and `metrics.txt` (the last evaluation).
 
 Steps, not epochs, are the unit of progress: an epoch is `steps_per_epoch` = images / global batch steps, and
 training runs one interval (`checkpoint_config.interval`) at a time, so that a run killed at any moment resumes
@@ -32,6 +33,7 @@ from tensorflow.core.framework import summary_pb2
 
 from tfrcnn.config import CONFIG_NAME, save_config
 from tfrcnn.data import pipeline
+from tfrcnn.data.coco import resolve_categories
 from tfrcnn.data.tfrecord import coco_from_tfrecords
 from tfrcnn.evaluation import CocoEvaluator, evaluate_model, format_table
 from tfrcnn.inference import Postprocessor
@@ -42,6 +44,9 @@ from tfrcnn.training.optimizer import build_optimizer
 
 _SCALAR_METADATA = summary_pb2.SummaryMetadata(
     plugin_data=summary_pb2.SummaryMetadata.PluginData(plugin_name="scalars"))
+_IMAGE_METADATA = summary_pb2.SummaryMetadata(
+    plugin_data=summary_pb2.SummaryMetadata.PluginData(plugin_name="images"))
+SUMMARY_IMAGES = 4  # val images drawn with their detections to TensorBoard at each evaluation
 
 
 def _scalar(name, value):
@@ -49,8 +54,16 @@ def _scalar(name, value):
     tf.summary.write(name, tf.constant(float(value), tf.float32), metadata=_SCALAR_METADATA)
 
 
-def evaluate(config, model, split="val", max_images=None, progress=True):
-    """COCO metrics of `model` on a split: its ann_file as ground truth when it exists, else its TFRecords."""
+def _image(name, image):
+    """tf.summary.image of one uint8 [H, W, 3] image, without the tensorboard package: the same record (the images
+    plugin reads a string tensor [width, height, PNG])."""
+    png = tf.io.encode_png(image)
+    tensor = tf.stack([tf.as_string(tf.shape(image)[1]), tf.as_string(tf.shape(image)[0]), png])
+    tf.summary.write(name, tensor, metadata=_IMAGE_METADATA)
+
+
+def coco_evaluator(config, split="val"):
+    """A CocoEvaluator for a split: its ann_file as ground truth when it exists, else its TFRecords."""
     split_cfg = getattr(config.data, split)
     if split_cfg.ann_file and os.path.isfile(split_cfg.ann_file):
         gt = split_cfg.ann_file
@@ -59,13 +72,36 @@ def evaluate(config, model, split="val", max_images=None, progress=True):
     else:
         raise FileNotFoundError(f"data.{split}: neither ann_file {split_cfg.ann_file!r} nor a tfrecord pattern")
     post = Postprocessor.from_config(config)
-    evaluator = CocoEvaluator(gt, iou_types=config.evaluation.metric, category_ids=post.category_ids,
-                              mask_paste_mode=post.mask_paste, mask_threshold=post.mask_threshold)
+    return CocoEvaluator(gt, iou_types=config.evaluation.metric, category_ids=post.category_ids,
+                         mask_paste_mode=post.mask_paste, mask_threshold=post.mask_threshold)
+
+
+def evaluate(config, model, split="val", max_images=None, progress=True, evaluator=None):
+    """COCO metrics of `model` on a split, through `evaluator` (default: `coco_evaluator(config, split)`; pass one
+    to keep its detections, `evaluator.results()`)."""
+    evaluator = evaluator or coco_evaluator(config, split)
     # reduce_retracing: with data.test_padding 'size_divisor' batches differ in size; one trace serves them all.
     predict = tf.function(lambda inputs: model(inputs, training=False), reduce_retracing=True)
     dataset = pipeline.build_dataset(config, split, training=False)
-    with pipeline.input_errors(split_cfg.tfrecord):
+    with pipeline.input_errors(getattr(config.data, split).tfrecord):
         return evaluate_model(predict, dataset, evaluator, max_images=max_images, progress=progress)
+
+
+def draw_first_images(config, evaluator, count, split="val", score_threshold=0.5):
+    """uint8 [H, W, 3] drawings of the split's first `count` images (file order) with the detections of
+    `evaluator` (after `evaluate`) scoring at least `score_threshold`: [(image id, drawing)]."""
+    from tfrcnn.visualize import draw_records
+
+    ids, names = resolve_categories(config.data)
+    by_image = {}
+    for record in evaluator.results():
+        by_image.setdefault(record["image_id"], []).append(record)
+    drawings = []
+    for ex in pipeline.read_examples(config, split).take(count):
+        image_id = int(ex["source_id"].numpy())
+        drawings.append((image_id, draw_records(ex["image"].numpy(), by_image.get(image_id, []),
+                                                dict(zip(ids, names)), score_threshold)))
+    return drawings
 
 
 def write_metrics(metrics, model_dir, step=None):
@@ -408,13 +444,19 @@ class _Hooks:
     def _evaluate(self, step):
         if not self.evaluate_too:
             return
-        self.metrics = evaluate(self.config, self.model, progress=self.progress)
+        evaluator = coco_evaluator(self.config)
+        self.metrics = evaluate(self.config, self.model, progress=self.progress, evaluator=evaluator)
         self.evaluated_at = step
         write_metrics(self.metrics, self.model_dir, step)
         with self.writer.as_default(step=step):
             for iou_type, values in self.metrics.items():
                 for name in ("AP", "AP50", "AP75"):
                     _scalar(f"eval/{iou_type}_{name}", values[name])
+                for name, value in values["per_class"].items():
+                    if not math.isnan(value):  # NaN: no gt of the class in the split
+                        _scalar(f"eval_per_class/{iou_type}_AP/{name}", value)
+            for image_id, drawing in draw_first_images(self.config, evaluator, SUMMARY_IMAGES):
+                _image(f"eval_images/{image_id}", drawing)
         self.say(format_table(self.metrics))
 
 
