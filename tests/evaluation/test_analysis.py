@@ -1,13 +1,19 @@
-"""tfrcnn.evaluation.analysis on small hand-built and random COCO cases.
+"""tfrcnn.evaluation.analysis and scripts/analyze_results.py on small hand-built and random COCO cases.
 
 The hand-built cases plant each kind of error once and spell out the expected numbers; the random case checks our
 own matching against pycocotools' COCOeval, class by class.
 """
 import contextlib
+import csv
 import io
+import json
+import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
+from PIL import Image
 from pycocotools import mask as mask_utils
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
@@ -15,6 +21,8 @@ from pycocotools.cocoeval import COCOeval
 from tfrcnn.evaluation import analysis
 from tfrcnn.evaluation.analysis import ERROR_TYPES, EvaluationSet
 
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+SCRIPT = os.path.join(ROOT, "scripts", "analyze_results.py")
 CATEGORIES = [{"id": 1, "name": "a"}, {"id": 2, "name": "b"}, {"id": 3, "name": "c"}]
 
 
@@ -233,3 +241,54 @@ def test_worst_images_rank_false_positives_and_missed():
     # Only the evaluated images count: image 2 left out, its detections and objects are nobody's errors.
     worst = analysis.worst_images(EvaluationSet(results, coco, image_ids=[1, 3]), num_worst=5, score_thr=0.3)
     assert [(w["image_id"], w["false_positives"], w["missed"]) for w in worst] == [(3, 0, 1)]
+
+
+# ---------------------------------------------------------------------------------------------- the script
+
+def _script(*args):
+    return subprocess.run([sys.executable, SCRIPT, *map(str, args)], cwd=ROOT, capture_output=True, text=True,
+                          timeout=120, check=False)
+
+
+def test_script_writes_every_output_and_reports_a_bad_category_in_one_line(tmp_path):
+    images_dir = tmp_path / "images"
+    images_dir.mkdir()
+    rng = np.random.default_rng(0)
+    coco, results = random_case(3, num_images=3, with_masks=True)
+    for entry in coco.dataset["images"]:
+        Image.fromarray(rng.integers(0, 255, (entry["height"], entry["width"], 3), dtype=np.uint8)).save(
+            images_dir / entry["file_name"])
+    ann_file, results_file = tmp_path / "instances.json", tmp_path / "detections.json"
+    ann_file.write_text(json.dumps(coco.dataset))
+    results_file.write_text(json.dumps(results))
+    out = tmp_path / "analysis"
+
+    run = _script("--results", results_file, "--ann_file", ann_file, "--image_dir", images_dir, "--output_dir", out,
+                  "--num_worst", 2, "--iou_type", "segm")
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert "AP50" in run.stdout and "files written:" in run.stdout
+    for name in ("pr_curves.png", "pr_curves.csv", "pr_curves.json", "confusion_matrix.png", "confusion_matrix.csv",
+                 "errors.png", "errors.csv", "errors.json", "summary.txt"):
+        assert (out / name).is_file(), name
+    worst = sorted((out / "worst").iterdir())
+    assert len(worst) == 2
+    for png in [out / "pr_curves.png", out / "confusion_matrix.png", out / "errors.png", *worst]:
+        with Image.open(png) as picture:
+            picture.verify()
+    with Image.open(worst[0]) as picture:
+        assert picture.size[0] > 2 * 160 and picture.size[1] > 120  # two panels side by side, a caption above
+
+    def header(name):
+        with open(out / name, newline="") as f:
+            return next(csv.reader(f))
+    assert header("pr_curves.csv") == ["category_id", "category", "iou_thr", "ap", "recall", "precision"]
+    assert header("confusion_matrix.csv") == ["ground truth \\ predicted", "a", "b", "c", "background"]
+    assert header("errors.csv") == ["type", "count", "dAP"]
+    errors = json.loads((out / "errors.json").read_text())
+    assert list(errors["types"]) == list(ERROR_TYPES)
+
+    results_file.write_text(json.dumps(results + [det(1, 42, [0, 0, 5, 5], 0.5)]))
+    run = _script("--results", results_file, "--ann_file", ann_file, "--output_dir", tmp_path / "bad")
+    lines = [line for line in run.stderr.splitlines() if line.strip()]
+    assert run.returncode == 1 and len(lines) == 1, run.stderr
+    assert lines[0].startswith(f"error: {results_file}: record {len(results)}: category_id 42 is not a category")
