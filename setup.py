@@ -15,6 +15,7 @@ setup(
         "absl-py",
         "pyyaml",
         "pillow",
+        "matplotlib",  # the error analysis' charts (tfrcnn.evaluation.plots): PR curves, confusion matrix, errors
     ],
     extras_require={
         # torch/torchvision are test-only references for numerical parity; never imported by tfrcnn.

@@ -48,11 +48,12 @@ def main(_):
     _cli.check_file(FLAGS.ann_file, "annotation file")
     if FLAGS.image_dir and not os.path.isdir(FLAGS.image_dir):
         raise FileNotFoundError(f"{FLAGS.image_dir}: no such folder")
-    from tfrcnn.evaluation.analysis import analyze, load_ground_truth, load_results
+    from tfrcnn.evaluation.analysis import analyze, images_in_folder, load_ground_truth, load_results
 
     coco_gt = load_ground_truth(FLAGS.ann_file)
     results = load_results(FLAGS.results, coco_gt, FLAGS.iou_type)
-    report = analyze(results, coco_gt, FLAGS.output_dir, image_dir=FLAGS.image_dir, score_thr=FLAGS.score_thr,
+    read_images = images_in_folder(coco_gt, FLAGS.image_dir) if FLAGS.image_dir else None
+    report = analyze(results, coco_gt, FLAGS.output_dir, read_images, score_thr=FLAGS.score_thr,
                      tp_iou_thr=FLAGS.tp_iou_thr, num_worst=FLAGS.num_worst, iou_type=FLAGS.iou_type)
     print(report["summary"])
     return 0

@@ -139,12 +139,10 @@ def draw_records(image, records, class_names=None, score_threshold=0.5):
     (without: `draw_ground_truth`, crowd ones grey). Boxes are COCO's [x, y, w, h] in the image's pixels (a
     record without "bbox" takes its mask's); a "segmentation" (polygons or RLE) is drawn when every record has one.
     """
-    from tfrcnn.data.coco import annotation_mask
-
     height, width = np.asarray(image).shape[:2]
     masks = None
     if records and all("segmentation" in r for r in records):
-        masks = np.stack([annotation_mask(r["segmentation"], height, width) for r in records])
+        masks = np.stack([_mask(r, height, width) for r in records])
     boxes = []
     for k, r in enumerate(records):
         if "bbox" in r:
@@ -161,3 +159,12 @@ def draw_records(image, records, class_names=None, score_threshold=0.5):
     crowd = np.array([bool(r.get("iscrowd", 0)) for r in records], bool)
     return draw_ground_truth(image, boxes[~crowd], classes[~crowd], class_names,
                              None if masks is None else masks[~crowd], crowd_boxes=boxes[crowd])
+
+
+def _mask(record, height, width):
+    from tfrcnn.data.coco import annotation_mask
+
+    try:
+        return annotation_mask(record["segmentation"], height, width)
+    except ValueError as e:
+        raise ValueError(f"annotation {record.get('id', '')} of image {record.get('image_id')}: {e}") from None

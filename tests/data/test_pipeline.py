@@ -423,3 +423,25 @@ def test_size_divisor_eval_batches_pad_each_batch_to_its_largest_image(dataset):
     sizes = targets["image_size"].numpy()
     expected = -(-sizes.max(axis=0) // 32) * 32
     assert tuple(images.shape[1:3]) == tuple(expected)
+
+
+def test_read_images_decodes_the_asked_images_only(dataset):
+    from PIL import Image
+
+    config = make_config({"tfrecord": dataset["tfrecord"]})
+    images = pipeline.read_images(config, "train", [3, 1, 99])  # 99: no such image, simply absent
+    assert sorted(images) == [1, 3]
+    for image_id, name in ((1, "scène_1.png"), (3, "rgba.png")):
+        with Image.open(os.path.join(dataset["img_prefix"], name)) as picture:
+            np.testing.assert_array_equal(images[image_id], np.asarray(picture.convert("RGB")))
+    # from ann_file + img_prefix as well; the gray image comes back as RGB
+    config = make_config({"ann_file": dataset["ann_file"], "img_prefix": dataset["img_prefix"]})
+    assert pipeline.read_images(config, "val", [2])[2].shape == (40, 30, 3)
+
+
+def test_training_batches_keep_source_ids_when_asked(dataset):
+    config = make_config({"tfrecord": dataset["tfrecord"], "filter_empty_gt": True})
+    _, targets = next(iter(pipeline.build_dataset(config, "train", training=True, keep_source_id=True)))
+    assert set(targets["source_id"].numpy().astype(int)) <= {1, 2, 3}
+    _, targets = next(iter(pipeline.build_dataset(config, "train", training=True)))
+    assert "source_id" not in targets

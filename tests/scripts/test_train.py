@@ -79,13 +79,24 @@ def test_sigkill_then_rerun_resumes_and_eval_writes_metrics(shapes, tmp_path):
     assert set(metrics["bbox"]) >= {"AP", "AP50", "AP75", "APs", "APm", "APl", "AR1", "AR10", "AR100", "per_class"}
     assert "per-class AP" in (model_dir / "metrics.txt").read_text()
 
-    # scripts/evaluate.py on the same run: a quick look at 2 images, written elsewhere
+    # scripts/evaluate.py on the same run: a quick look at 2 images, written elsewhere, with the error analysis
+    # (the val split's images come from its TFRecords: its ann_file has no image folder in this config)
     out = subprocess.run([sys.executable, os.path.join(REPO, "scripts", "evaluate.py"), "--model_dir",
-                          str(model_dir), "--max_images", "2", "--output_dir", str(tmp_path / "eval")],
+                          str(model_dir), "--max_images", "2", "--output_dir", str(tmp_path / "eval"), "--analyze",
+                          "--params_override", "data.val.img_prefix=null"],
                          env=ENV, capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-2000:]
     assert "ckpt-12: metrics written to" in out.stdout
     assert set(json.loads((tmp_path / "eval" / "metrics.json").read_text())) >= {"bbox", "segm"}
+    detections = json.loads((tmp_path / "eval" / "detections.json").read_text())
+    assert {d["image_id"] for d in detections} <= {1, 2} and all("segmentation" in d for d in detections)
+    for iou_type in ("bbox", "segm"):
+        folder = tmp_path / "eval" / "analysis" / iou_type
+        assert {"pr_curves.png", "confusion_matrix.png", "confusion_matrix.csv", "errors.png", "errors.csv",
+                "summary.txt"} <= set(os.listdir(folder))
+        assert "on 2 images" in (folder / "summary.txt").read_text()  # --max_images: the others are not missed
+        # score_thr 0: an untrained model's detections leave errors, and the worst images are drawn
+        assert os.listdir(folder / "worst")
 
 
 def test_nan_loss_stops_with_the_step_and_keeps_the_last_good_checkpoint(shapes, tmp_path):

@@ -178,6 +178,18 @@ def read_examples(config, split, training=False, input_context=None, corrupt_ima
     return _decode_images(ds, data_cfg.corrupt_images, corrupt_images, data_cfg.deterministic)
 
 
+def read_images(config, split, image_ids):
+    """{image id: uint8 [h, w, 3]} of the split's images whose source_id is one of `image_ids`, in one pass over
+    the split where only those decode (e.g. the images `tfrcnn.evaluation.analysis.analyze` draws)."""
+    split_cfg = getattr(config.data, split)
+    wanted = tf.constant([str(int(i)) for i in image_ids], tf.string)
+    ds = _records(split_cfg, False, False, 0, 1, None).map(lambda _, record: tfrecord.parse_example(record))
+    ds = ds.filter(lambda ex: tf.reduce_any(tf.equal(ex["source_id"], wanted))).map(
+        lambda ex: (ex["source_id"], tf.io.decode_image(ex["encoded"], channels=3, expand_animations=False)))
+    with input_errors(split_cfg.tfrecord):
+        return {int(source_id): image.numpy() for source_id, image in ds}
+
+
 def _class_table(category_ids):
     """Category id → class 1..N; -1 for ids outside category_ids (dropped, as MMDetection's `classes`)."""
     return tf.lookup.StaticHashTable(tf.lookup.KeyValueTensorInitializer(

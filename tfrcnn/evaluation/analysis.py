@@ -19,8 +19,8 @@ count only the 100 best-scoring detections of each image and category, as COCOev
 threshold. The per-class AP is computed as COCOeval computes it: the precision curve made monotone, sampled at
 COCO's 101 recall points, averaged.
 
-Frames: result records and ground truth boxes are [x, y, w, h] in original-image pixels (COCO's); the drawings
-convert them to [y1, x1, y2, x2] for `tfrcnn.visualize.draw_detections`. Only numpy, pycocotools and PIL are
+Frames: result records and ground truth boxes are [x, y, w, h] in original-image pixels (COCO's), and so are the
+drawings (`tfrcnn.visualize.draw_records`). Only numpy, pycocotools and PIL are
 imported; matplotlib (`tfrcnn.evaluation.plots`) loads when `analyze` draws its charts.
 """
 import contextlib
@@ -201,6 +201,8 @@ class EvaluationSet:
       image_ids: the evaluated images; None: every image of the ground truth (COCOeval's default). Records on
         other images are left out (as COCOeval's params.imgIds does); their gts are the only objects to find.
       source: names the results in error messages.
+      category_ids: the categories to analyse (e.g. a model's data.category_ids, as `CocoEvaluator` evaluates them);
+        gts of other categories are left out, detections of others are an error. None: the ground truth's.
 
     Attributes (N detections, M gt annotations, I images, C classes):
       category_ids int [C], class_names [C] (GT names, "name (id)" where names repeat), image_ids int [I].
@@ -215,11 +217,15 @@ class EvaluationSet:
         detection's area).
     """
 
-    def __init__(self, results, coco_gt, iou_type="bbox", image_ids=None, source="results"):
+    def __init__(self, results, coco_gt, iou_type="bbox", image_ids=None, source="results", category_ids=None):
         check_results(results, coco_gt, iou_type, source)
         self.results, self.coco_gt, self.iou_type, self.source = results, coco_gt, iou_type, source
-        self.category_ids = np.array(sorted(coco_gt.cats), np.int64)
-        names = [coco_gt.cats[c]["name"] for c in self.category_ids]
+        self.category_ids = np.array(sorted(coco_gt.cats if category_ids is None else category_ids), np.int64)
+        other = sorted({r["category_id"] for r in results} - set(self.category_ids.tolist()))
+        if other:
+            raise ValueError(f"{source}: detections of categories {_listing(other)}, which are not among the "
+                             f"analysed category_ids {_listing(self.category_ids.tolist())}")
+        names = [coco_gt.cats.get(c, {}).get("name", str(c)) for c in self.category_ids.tolist()]
         self.class_names = [f"{n} ({c})" if names.count(n) > 1 else n for n, c in zip(names, self.category_ids)]
         if image_ids is None:
             image_ids = sorted(coco_gt.imgs)
@@ -239,7 +245,9 @@ class EvaluationSet:
         return len(self.category_ids)
 
     def _gather_ground_truth(self):
-        anns = [a for i in self.image_ids.tolist() for a in self.coco_gt.imgToAnns.get(i, [])]
+        kept = set(self.category_ids.tolist())
+        anns = [a for i in self.image_ids.tolist() for a in self.coco_gt.imgToAnns.get(i, [])
+                if a["category_id"] in kept]
         self.gt_anns = anns
         self.gt_image = np.searchsorted(self.image_ids, np.array([a["image_id"] for a in anns], np.int64))
         self.gt_class = np.searchsorted(self.category_ids, np.array([a["category_id"] for a in anns], np.int64))
@@ -597,38 +605,24 @@ def worst_images(evaluation, num_worst=8, score_thr=0.3, tp_iou_thr=0.5):
 
 
 def draw_comparison(evaluation, image_id, image, score_thr=0.3, errors=None):
-    """Ground truth (left, score 1) and the detections scoring >= score_thr (right) drawn on one image, with a
-    caption above each, by `tfrcnn.visualize.draw_detections`; masks are drawn when every annotation or detection
-    of the panel has a segmentation.
+    """Ground truth (left) and the detections scoring >= score_thr (right) drawn on one image with
+    `tfrcnn.visualize.draw_records`, a caption above each.
 
     image: uint8 [H, W, 3] RGB of the ground truth's size. errors: None, or (false positives, missed) to caption
     the predictions with. Returns uint8 [H + caption, 2 W + gap, 3].
     """
     from PIL import Image, ImageDraw
 
-    from tfrcnn.visualize import draw_detections
+    from tfrcnn.visualize import draw_records
 
     i = int(np.searchsorted(evaluation.image_ids, image_id))
     dets, gts = evaluation.image_slices(i)
     class_names = {int(c): n for c, n in zip(evaluation.category_ids, evaluation.class_names)}
-    gt_category = evaluation.category_ids[evaluation.gt_class[gts]]
-    gt_masks = None
-    anns = evaluation.gt_anns[gts]
-    if anns and all("segmentation" in a for a in anns):
-        gt_masks = np.stack([mask_utils.decode(_rle(evaluation.coco_gt, image_id, a["segmentation"])) for a in anns])
-    truth = draw_detections(image, _yxyx(evaluation.gt_boxes[gts]), gt_category, np.ones(len(anns)), class_names,
-                            masks=gt_masks, score_threshold=0.0)
-
+    truth = draw_records(image, evaluation.gt_anns[gts], class_names)
     # Only the detections drawn are decoded: an image may hold a hundred full-size masks below the threshold.
     shown = dets.start + np.flatnonzero(evaluation.det_score[dets] >= score_thr)
-    records = [evaluation.results[k] for k in evaluation.det_record[shown].tolist()]
-    det_masks = None
-    if records and all("segmentation" in r for r in records):
-        det_masks = np.stack([mask_utils.decode(_rle(evaluation.coco_gt, image_id, r["segmentation"]))
-                              for r in records])
-    predicted = draw_detections(image, _yxyx(evaluation.det_boxes[shown]),
-                                evaluation.category_ids[evaluation.det_class[shown]], evaluation.det_score[shown],
-                                class_names, masks=det_masks, score_threshold=score_thr)
+    predicted = draw_records(image, [evaluation.results[k] for k in evaluation.det_record[shown].tolist()],
+                             class_names, score_thr)
 
     height, width = image.shape[:2]
     caption, gap = 18, 8
@@ -643,36 +637,40 @@ def draw_comparison(evaluation, image_id, image, score_thr=0.3, errors=None):
     return np.asarray(canvas, np.uint8)
 
 
-def _yxyx(xywh):
-    """[K, 4] [x, y, w, h] → [K, 4] [y1, x1, y2, x2] (tfrcnn's drawing frame)."""
-    x, y, w, h = np.asarray(xywh, np.float64).reshape(-1, 4).T
-    return np.stack([y, x, y + h, x + w], axis=1)
-
-
-def _read_image(path, height, width):
+def images_in_folder(coco_gt, image_dir):
+    """A `read_images` for `analyze`: image ids → {id: uint8 [H, W, 3]} read from `image_dir`/<file_name>; a missing
+    file is a FileNotFoundError, an image of another size than the ground truth says a ValueError."""
     from PIL import Image
 
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"{path}: no such image (is --image_dir the folder of the ground truth's "
-                                "file_names?)")
-    with Image.open(path) as picture:
-        image = np.asarray(picture.convert("RGB"))
-    if image.shape[:2] != (height, width):
-        raise ValueError(f"{path} is {image.shape[0]}x{image.shape[1]} but the ground truth says {height}x{width}")
-    return image
+    def read(image_ids):
+        images = {}
+        for image_id in image_ids:
+            info = coco_gt.imgs[image_id]
+            path = os.path.join(image_dir, info["file_name"])
+            if not os.path.isfile(path):
+                raise FileNotFoundError(f"{path}: no such image (is the image folder the one of the ground truth's "
+                                        "file_names?)")
+            with Image.open(path) as picture:
+                images[image_id] = np.asarray(picture.convert("RGB"))
+            if images[image_id].shape[:2] != (info["height"], info["width"]):
+                raise ValueError(f"{path} is {images[image_id].shape[0]}x{images[image_id].shape[1]} but the ground "
+                                 f"truth says {info['height']}x{info['width']}")
+        return images
+    return read
 
 
 # ---------------------------------------------------------------------------------------------- the report
 
-def analyze(results, coco_gt, output_dir, image_dir=None, score_thr=0.3, tp_iou_thr=0.5, num_worst=8,
-            iou_type="bbox", image_ids=None):
+def analyze(results, coco_gt, output_dir, read_images=None, score_thr=0.3, tp_iou_thr=0.5, num_worst=8,
+            iou_type="bbox", image_ids=None, category_ids=None):
     """Writes the whole error analysis of `results` into `output_dir` (created if needed).
 
     Args:
       results: COCO result records {image_id, category_id, bbox [x, y, w, h] original pixels, score, optional
         segmentation RLE}, e.g. predict.py's detections.json or `CocoEvaluator.results("bbox")`. [] is valid.
       coco_gt: pycocotools COCO of the ground truth (`load_ground_truth`).
-      image_dir: folder of the ground truth's file_names; None: the worst images are listed, not drawn.
+      read_images: image ids → {id: uint8 [H, W, 3]} at the ground truth's sizes (`images_in_folder`, or
+        `tfrcnn.data.pipeline.read_images` for a split's TFRecords); None: the worst images are listed, not drawn.
       score_thr: detections below it are left out of the confusion matrix and the worst-image counts (the PR
         curves and the TIDE breakdown take every detection, as AP does).
       tp_iou_thr: IoU at which a detection hits a gt in the confusion matrix and the worst-image counts.
@@ -680,15 +678,16 @@ def analyze(results, coco_gt, output_dir, image_dir=None, score_thr=0.3, tp_iou_
       iou_type: "bbox", or "segm" to match masks (every record needs a segmentation).
       image_ids: the evaluated images (e.g. `CocoEvaluator.image_ids` after a --max_images run); None: all images
         of the ground truth. Gts of images left out do not count as missed.
+      category_ids: the categories analysed (`EvaluationSet`); None: the ground truth's.
     Files: pr_curves.png/.csv/.json, confusion_matrix.png/.csv, errors.png/.csv/.json, worst/<stem>.png (with
-      image_dir), summary.txt.
+      read_images), summary.txt.
     Returns {"AP50", "AP75", "per_class": {name: {"num_gt", "AP50", "AP75"}}, "confusion_matrix": [[int]],
       "errors": `error_breakdown`'s dict, "worst_images": `worst_images`' list, "files": [paths], "summary": the
       text of summary.txt}.
     """
     from tfrcnn.evaluation import plots
 
-    evaluation = EvaluationSet(results, coco_gt, iou_type, image_ids)
+    evaluation = EvaluationSet(results, coco_gt, iou_type, image_ids, category_ids=category_ids)
     os.makedirs(output_dir, exist_ok=True)
     files = []
 
@@ -727,16 +726,14 @@ def analyze(results, coco_gt, output_dir, image_dir=None, score_thr=0.3, tp_iou_
                       [v["dAP"] for v in errors["types"].values()], errors["AP"], errors["foreground_iou"])
 
     worst = worst_images(evaluation, num_worst, score_thr, tp_iou_thr)
-    if image_dir is not None and worst:
+    if read_images is not None and worst:
         from PIL import Image
 
         os.makedirs(os.path.join(output_dir, "worst"), exist_ok=True)
+        images = read_images([entry["image_id"] for entry in worst])
         for entry in worst:
-            image_info = coco_gt.imgs[entry["image_id"]]
-            image = _read_image(os.path.join(image_dir, image_info["file_name"]), image_info["height"],
-                                image_info["width"])
-            stem = os.path.splitext(os.path.basename(image_info["file_name"]))[0]
-            drawing = draw_comparison(evaluation, entry["image_id"], image, score_thr,
+            stem = os.path.splitext(os.path.basename(coco_gt.imgs[entry["image_id"]]["file_name"]))[0]
+            drawing = draw_comparison(evaluation, entry["image_id"], images[entry["image_id"]], score_thr,
                                       (entry["false_positives"], entry["missed"]))
             Image.fromarray(drawing).save(output(os.path.join("worst", stem + ".png")))
 
