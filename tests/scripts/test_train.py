@@ -48,7 +48,7 @@ def recorded_step(model_dir):
     return int(found.group(1)) if found else 0
 
 
-def test_sigkill_then_rerun_resumes_and_eval_writes_metrics(shapes, tmp_path):
+def test_sigkill_then_rerun_resumes_evaluates_to_tensorboard_and_eval_writes_metrics(shapes, tmp_path):
     model_dir = tmp_path / "run"
     # 16 images / batch 4 = 4 steps an epoch, 3 epochs = 12 steps, a checkpoint every 2 steps
     process = subprocess.Popen(command(shapes, model_dir), env=ENV, stdout=subprocess.PIPE,
@@ -63,13 +63,15 @@ def test_sigkill_then_rerun_resumes_and_eval_writes_metrics(shapes, tmp_path):
     # a save is complete once the manager records it; the kill may land after ckpt-N.index and before that record
     killed_at = recorded_step(model_dir)
     assert 4 <= killed_at < 12
-    out = subprocess.run(command(shapes, model_dir), env=ENV, capture_output=True, text=True, timeout=300)
+    # the rerun evaluates too (every epoch: steps 8 and 12): TensorBoard gets the evaluations' summaries
+    out = subprocess.run(command(shapes, model_dir) + ["--mode", "train_and_eval"], env=ENV, capture_output=True,
+                         text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-3000:]
     assert f"resumed from {model_dir / f'ckpt-{killed_at}'} at step {killed_at}" in out.stdout
     steps = [int(line.split()[1].split("/")[0]) for line in out.stdout.splitlines() if line.startswith("step ")]
     assert steps[0] == killed_at + 1 and steps[-1] == 12  # the global step continued, nothing redone or lost
     assert (model_dir / "ckpt-12.index").exists() and (model_dir / "config.yaml").exists()
-    assert os.listdir(model_dir / "logs")
+    check_tensorboard_evaluation(model_dir, step=12)
 
     out = subprocess.run(command(shapes, model_dir) + ["--mode", "eval"], env=ENV, capture_output=True, text=True,
                          timeout=300)
@@ -155,28 +157,29 @@ def _summaries(log_dir):
     return found
 
 
-def test_evaluation_writes_per_class_ap_and_drawn_val_images_to_tensorboard(shapes, tmp_path):
+def check_tensorboard_evaluation(model_dir, step):
+    """The event files hold, at the evaluation of `step`, each class's AP as in metrics.json and the first 4 val
+    images drawn (images-plugin records: width, height, PNG)."""
     import io
 
     from PIL import Image
 
-    model_dir = tmp_path / "run"
-    out = subprocess.run(command(shapes, model_dir, **{"runner.max_epochs": 1}) + ["--mode", "train_and_eval"],
-                         env=ENV, capture_output=True, text=True, timeout=300)
-    assert out.returncode == 0, out.stderr[-3000:]
-    summaries = _summaries(model_dir / "logs")
+    summaries = {tag: {s: (plugin, tensor) for s, plugin, tensor in entries}
+                 for tag, entries in _summaries(model_dir / "logs").items()}
     metrics = json.loads((model_dir / "metrics.json").read_text())
+    assert metrics["step"] == step
     for iou_type in ("bbox", "segm"):
         for name, value in metrics[iou_type]["per_class"].items():
+            tag = f"eval_per_class/{iou_type}_AP/{name}"
             if value != value:  # NaN: no gt of the class in the split, no scalar
-                assert f"eval_per_class/{iou_type}_AP/{name}" not in summaries
+                assert tag not in summaries
                 continue
-            [(step, plugin, tensor)] = summaries[f"eval_per_class/{iou_type}_AP/{name}"]
-            assert (step, plugin) == (4, "scalars") and abs(float(tensor) - value) < 1e-6
+            plugin, tensor = summaries[tag][step]
+            assert plugin == "scalars" and abs(float(tensor) - value) < 1e-6
     images = {tag: entries for tag, entries in summaries.items() if tag.startswith("eval_images/")}
     assert sorted(images) == [f"eval_images/{i}" for i in (1, 2, 3, 4)]  # the first val images, by id
-    for [(step, plugin, tensor)] in images.values():
-        assert (step, plugin) == (4, "images")
-        width, height, png = tensor
+    for entries in images.values():
+        plugin, (width, height, png) = entries[step]
+        assert plugin == "images"
         with Image.open(io.BytesIO(png)) as picture:  # the original image (64 px), detections drawn on it
             assert picture.size == (int(width), int(height)) == (64, 64) and picture.mode == "RGB"
