@@ -10,6 +10,7 @@ import tfrcnn
 from tfrcnn import structures
 from tfrcnn.data import pipeline
 from tfrcnn.export import DetectionModule, export_saved_model
+from tfrcnn.ops.image import denormalize
 from tfrcnn.training import build_optimizer, configure_determinism
 
 
@@ -66,11 +67,7 @@ class TfrcnnRunner:
         """The first batch of the training split (as train.py's pipeline delivers it), its images also as uint8."""
         b = self.train_batch_size
         images, targets = next(iter(pipeline.build_dataset(self.config, "train", training=True, batch_size=batch)))
-        norm = self.config.data.img_norm_cfg
-        pixels = images * tf.constant(norm.std, tf.float32) + tf.constant(norm.mean, tf.float32)
-        if norm.to_rgb is False:  # caffe style feeds BGR: back to RGB for the uint8 images
-            pixels = pixels[..., ::-1]
-        pixels = tf.cast(tf.clip_by_value(tf.round(pixels), 0, 255), tf.uint8)
+        pixels = denormalize(images, self.config.data.img_norm_cfg)
         return (images[:b], {k: v[:b] for k, v in targets.items()}), pixels
 
     def torchvision_batch(self, path):

@@ -77,26 +77,26 @@ def _draw_transformed(config, ids, class_names, skipped):
 
     from tfrcnn import structures
     from tfrcnn.data import pipeline
+    from tfrcnn.ops.image import denormalize
     from tfrcnn.ops.masks import paste_masks
     from tfrcnn.visualize import draw_ground_truth
 
-    norm = config.data.img_norm_cfg
     training = FLAGS.split == "train"
     dataset = pipeline.build_dataset(config, FLAGS.split, training=training, batch_size=1, corrupt_images=skipped,
                                      keep_source_id=True)
     category_of = np.array([0] + list(ids))  # model class c → category id; 0 (padding) stays 0
     written = 0
     for images, targets in dataset.take(FLAGS.max_images):
-        image = images[0].numpy() * np.array(norm.std) + np.array(norm.mean)
-        image = np.clip(np.round(image[..., ::-1] if not norm.to_rgb else image), 0, 255).astype(np.uint8)
-        valid = targets[structures.GT_CLASSES][0].numpy() > 0
+        image = denormalize(images[0], config.data.img_norm_cfg).numpy()
+        classes = targets[structures.GT_CLASSES][0].numpy()
+        valid = classes > 0
         boxes = targets[structures.GT_BOXES][0].numpy()[valid]
         ignore = targets[structures.IGNORE_BOXES][0].numpy()
         masks = None
         if structures.GT_MASKS in targets and valid.any():
             crops = targets[structures.GT_MASKS][:, :valid.sum()]
             masks = paste_masks(crops, boxes[None], image.shape[:2], threshold=0.5)[0].numpy()
-        drawing = draw_ground_truth(image, boxes, category_of[targets[structures.GT_CLASSES][0].numpy()[valid]],
+        drawing = draw_ground_truth(image, boxes, category_of[classes[valid]],
                                     class_names, masks=masks, crowd_boxes=ignore[ignore.any(axis=1)],
                                     valid_size=targets[structures.IMAGE_SIZE][0].numpy())
         _save(drawing, targets[structures.SOURCE_ID][0].numpy().decode())

@@ -140,6 +140,9 @@ def draw_records(image, records, class_names=None, score_threshold=0.5):
     record without "bbox" takes its mask's); a "segmentation" (polygons or RLE) is drawn when every record has one.
     """
     height, width = np.asarray(image).shape[:2]
+    scored = bool(records) and all("score" in r for r in records)
+    if scored:  # only the masks that are drawn decode: an image may hold a hundred full-size ones
+        records = [r for r in records if r["score"] >= score_threshold]
     masks = None
     if records and all("segmentation" in r for r in records):
         masks = np.stack([_mask(r, height, width) for r in records])
@@ -153,7 +156,7 @@ def draw_records(image, records, class_names=None, score_threshold=0.5):
         boxes.append([y, x, y + h, x + w])
     boxes = np.asarray(boxes, np.float64).reshape(-1, 4)
     classes = np.array([r["category_id"] for r in records], np.int64)
-    if all("score" in r for r in records) and records:
+    if scored:
         return draw_detections(image, boxes, classes, [r["score"] for r in records], class_names, masks,
                                score_threshold)
     crowd = np.array([bool(r.get("iscrowd", 0)) for r in records], bool)

@@ -3,7 +3,7 @@ import numpy as np
 import tensorflow as tf
 
 from tfrcnn.config import Config, ImgNormCfg
-from tfrcnn.ops.image import normalize, pad_to, rescaled_size, round_up
+from tfrcnn.ops.image import denormalize, normalize, pad_to, rescaled_size, round_up
 
 
 def test_torchvision_resize_floors_its_sides_in_float64():
@@ -45,3 +45,12 @@ def test_pad_to_pads_bottom_right_with_static_shapes():
     batch = pad_to(tf.ones([2, 2, 3, 1]), tf.constant(4), 5)
     assert tuple(batch.shape) == (2, 4, 5, 1) and float(tf.reduce_sum(batch)) == 12
     np.testing.assert_array_equal(round_up(tf.constant([1, 32, 33]), 32), [32, 32, 64])
+
+
+def test_denormalize_inverts_normalize_to_uint8_rgb():
+    pixels = np.random.default_rng(0).integers(0, 256, (5, 7, 3)).astype(np.uint8)
+    for to_rgb in (True, False):
+        norm = ImgNormCfg(mean=(103.53, 116.28, 123.675), std=(1.0, 2.0, 3.0), to_rgb=to_rgb)
+        back = denormalize(normalize(tf.constant(pixels, tf.float32), norm), norm)
+        assert back.dtype == tf.uint8
+        np.testing.assert_array_equal(back.numpy(), pixels)

@@ -170,8 +170,7 @@ def read_examples(config, split, training=False, input_context=None, corrupt_ima
         check_masks(split_cfg.tfrecord)  # now, rather than as a tf.data error once training has begun
     seed, buffer = config.runtime.seed, data_cfg.shuffle_buffer
     ds = _records(split_cfg, with_mask, training, seed, buffer, input_context).map(
-        lambda source, record: dict(tfrecord.parse_example(record), file=source),
-                     num_parallel_calls=AUTOTUNE)
+        lambda source, record: dict(tfrecord.parse_example(record), file=source), num_parallel_calls=AUTOTUNE)
     table = _class_table(category_ids)
     ds = ds.map(lambda ex: dict(ex, classes=table.lookup(ex["labels"])), num_parallel_calls=AUTOTUNE)
     if training and split_cfg.filter_empty_gt:

@@ -38,6 +38,14 @@ def normalize(image, norm):
     return (image - tf.constant(norm.mean, tf.float32)) / tf.constant(norm.std, tf.float32)
 
 
+def denormalize(image, norm):
+    """`normalize`'s inverse for looking at a network input: float32 [..., 3] → uint8 RGB (rounded, clipped)."""
+    pixels = image * tf.constant(norm.std, tf.float32) + tf.constant(norm.mean, tf.float32)
+    if not norm.to_rgb:  # caffe style feeds BGR: back to RGB
+        pixels = pixels[..., ::-1]
+    return tf.cast(tf.clip_by_value(tf.round(pixels), 0, 255), tf.uint8)
+
+
 def resize_and_normalize(image, size, norm, normalize_first=False):
     """A decoded RGB image [h, w, 3] (0..255) bilinearly resized to `size` (half-pixel centres, no antialias) and
     normalized, normalizing first when `normalize_first` (torchvision's order; bilinear weights sum to 1, so the two
